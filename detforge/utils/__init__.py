@@ -1,0 +1,1 @@
+"""Small shared utilities (input checking, logging helpers)."""
