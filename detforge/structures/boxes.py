@@ -217,4 +217,3 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     enclose = wh[..., 0] * wh[..., 1]
     penalty = torch.where(enclose > 0, (enclose - union) / enclose.clamp(min=tiny), 0.0)
     return iou - penalty
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 __all__ = [
@@ -31,7 +30,9 @@ def check_tensor(x: object, name: str, fn: str) -> Tensor:
 
 def check_shape(x: Tensor, name: str, fn: str, shape: Sequence[int | None]) -> None:
     """Check ``x.shape`` against ``shape``, where ``None`` accepts any size in that dimension."""
-    ok = x.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, x.shape))
+    ok = x.dim() == len(shape) and all(
+        s is None or s == d for s, d in zip(shape, x.shape, strict=False)
+    )
     if not ok:
         want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{fn}: `{name}` must have shape {want}, got {list(x.shape)}")
@@ -89,4 +90,3 @@ def as_tuple2(value: int | Sequence[int], name: str, fn: str) -> tuple[int, int]
     if pair[0] <= 0 or pair[1] <= 0:
         raise ValueError(f"{fn}: `{name}` must be positive, got {value!r}")
     return pair
-
