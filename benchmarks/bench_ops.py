@@ -1,0 +1,112 @@
+"""Time detforge's ops on the fixed workloads of the foundation issue and print a table.
+
+Usage:  .venv/bin/python benchmarks/bench_ops.py [--device cpu|cuda] [--threads 2] [--repeat 7]
+
+Each workload runs once to warm up, then ``--repeat`` (>= 5) times; the table gives the median
+and the fastest run in milliseconds. Results and the machine they were taken on are recorded in
+benchmarks/README.md. This script is run by hand, never in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workloads  # noqa: E402
+
+from detforge.ops.nms import batched_nms, nms  # noqa: E402
+from detforge.ops.paste_masks import paste_masks_in_image  # noqa: E402
+from detforge.ops.roi_align import roi_align  # noqa: E402
+
+
+def _time(fn: Callable[[], object], device: str, repeat: int) -> tuple[float, float]:
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    fn()  # warm-up
+    sync()
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        runs.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(runs), min(runs)
+
+
+def _cases(device: str) -> list[tuple[str, Callable[[], object]]]:
+    cases: list[tuple[str, Callable[[], object]]] = []
+    for n in (1000, 5000, 20000):
+        boxes, scores = (t.to(device) for t in workloads.clustered_boxes(n))
+        for thr in (0.5, 0.7):
+            cases.append((f"nms {n} boxes @ {thr}", lambda b=boxes, s=scores, t=thr: nms(b, s, t)))
+    boxes, scores = (t.to(device) for t in workloads.clustered_boxes(5000))
+    g = torch.Generator().manual_seed(0)
+    idxs = torch.randint(0, 80, (5000,), generator=g).to(device)
+    cases.append(
+        ("batched_nms 5000 boxes, 80 classes @ 0.5", lambda: batched_nms(boxes, scores, idxs, 0.5))
+    )
+
+    feats, rois = (t.to(device) for t in workloads.roi_align_inputs())
+    feats_g = feats.clone().requires_grad_(True)
+    for size in (7, 14):
+
+        def fwd(s: int = size) -> object:
+            with torch.no_grad():
+                return roi_align(
+                    feats, rois, s, spatial_scale=0.25, sampling_ratio=-1, aligned=True
+                )
+
+        def fwd_bwd(s: int = size) -> object:
+            out = roi_align(feats_g, rois, s, spatial_scale=0.25, sampling_ratio=-1, aligned=True)
+            out.sum().backward()
+            feats_g.grad = None
+            return out
+
+        cases.append((f"roi_align 512 RoIs -> {size}x{size} forward", fwd))
+        cases.append((f"roi_align 512 RoIs -> {size}x{size} forward+backward", fwd_bwd))
+
+    masks, mboxes = (t.to(device) for t in workloads.paste_masks_inputs())
+    cases.append(
+        (
+            "paste_masks_in_image 100 x 28x28 -> 800x1333",
+            lambda: paste_masks_in_image(masks, mboxes, (800, 1333)),
+        )
+    )
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--filter", default="", help="only run workloads whose name contains this")
+    args = parser.parse_args()
+    if args.repeat < 5:
+        parser.error("--repeat must be at least 5")
+    torch.set_num_threads(args.threads)
+    print(
+        f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{args.threads} threads, device {args.device}, median of {args.repeat} after warm-up"
+    )
+    print(f"| {'workload':<52} | {'median ms':>9} | {'min ms':>8} |")
+    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 10}|")
+    for name, fn in _cases(args.device):
+        if args.filter and args.filter not in name:
+            continue
+        med, best = _time(fn, args.device, args.repeat)
+        print(f"| {name:<52} | {med:>9.1f} | {best:>8.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
