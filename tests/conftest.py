@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SHARED_DATASETS = Path(
+    os.environ.get(
+        "DETFORGE_SHARED_DATASETS",
+        Path(__file__).resolve().parents[1].parent / "shared" / "datasets",
+    )
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -24,7 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _seed_and_guard_rng() -> Iterator[None]:
-    """Seed every RNG before each test and fail a test that leaks changes to torch's global state."""
+    """Seed every RNG before each test; fail a test that leaves torch's global modes changed."""
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
