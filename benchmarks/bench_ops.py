@@ -25,6 +25,7 @@ import workloads  # noqa: E402
 from detforge.ops.nms import batched_nms, nms  # noqa: E402
 from detforge.ops.paste_masks import paste_masks_in_image  # noqa: E402
 from detforge.ops.roi_align import roi_align  # noqa: E402
+from detforge.ops.roi_pool import roi_pool  # noqa: E402
 
 
 def _time(fn: Callable[[], object], device: str, repeat: int) -> tuple[float, float]:
@@ -74,6 +75,14 @@ def _cases(device: str) -> list[tuple[str, Callable[[], object]]]:
 
         cases.append((f"roi_align 512 RoIs -> {size}x{size} forward", fwd))
         cases.append((f"roi_align 512 RoIs -> {size}x{size} forward+backward", fwd_bwd))
+
+    def pool_fwd_bwd() -> object:
+        out = roi_pool(feats_g, rois, 7, spatial_scale=0.25)
+        out.sum().backward()
+        feats_g.grad = None
+        return out
+
+    cases.append(("roi_pool 512 RoIs -> 7x7 forward+backward (extra)", pool_fwd_bwd))
 
     masks, mboxes = (t.to(device) for t in workloads.paste_masks_inputs())
     cases.append(
