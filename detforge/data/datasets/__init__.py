@@ -1,0 +1,1 @@
+"""Dataset loaders (COCO JSON, Pascal VOC, synthetic) returning lists of records."""

@@ -1,0 +1,1 @@
+"""Detection models: backbones, necks, heads, detectors and their building blocks."""

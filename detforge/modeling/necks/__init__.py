@@ -1,0 +1,1 @@
+"""Necks that turn backbone features into pyramids (FPN)."""
