@@ -81,7 +81,7 @@ def _colour(kind: int, rng: np.random.Generator) -> tuple[int, int, int]:
 def _background(h: int, w: int, rng: np.random.Generator) -> Image.Image:
     cells = rng.normal(0, 1, (max(2, h // 16), max(2, w // 16), 3))
     base = np.clip(110 + 35 * cells + rng.uniform(-30, 30, 3), 0, 255).astype(np.uint8)
-    img = Image.fromarray(base).resize((w, h), Image.BICUBIC)
+    img = Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)
     fine = rng.normal(0, 10, (h, w, 1))
     stripes = 12 * np.sin(np.arange(w)[None, :, None] / rng.uniform(3, 9) + rng.uniform(0, 6))
     arr = np.asarray(img, dtype=np.float32) + fine + stripes
@@ -151,7 +151,8 @@ def _annotation(j: int, kind: int, poly: np.ndarray, owner: np.ndarray, h: int, 
 
 def _write_split(root: Path, split: str, count: int, spec: SyntheticSpec, rng) -> Path:
     (root / split).mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for i in range(count):
         h, w = (int(rng.integers(spec.min_size, spec.max_size + 1)) for _ in range(2))
         image, shapes, owner = _draw_image(h, w, spec, rng)
