@@ -41,7 +41,8 @@ class Instances:
     Attributes:
         image_size: ``(height, width)`` of the image the coordinates refer to.
         boxes (Tensor[N, 4]): xyxy, absolute pixels (see ``structures/boxes.py``).
-        labels (Tensor[N]): int64 contiguous class indices in ``[0, K)``.
+        labels (Tensor[N] | None): int64 contiguous class indices in ``[0, K)``; ``None`` for
+            class-agnostic sets such as RPN proposals.
         scores (Tensor[N] | None): confidence of each detection or proposal.
         masks (Tensor[N, H, W] | MaskContainer | None): instance masks, either a tensor (bool
             bitmasks, or float probabilities) or a container such as ``PolygonMasks``.
@@ -52,7 +53,7 @@ class Instances:
 
     image_size: tuple[int, int]
     boxes: Tensor
-    labels: Tensor
+    labels: Tensor | None = None
     scores: Tensor | None = None
     masks: Tensor | MaskContainer | None = None
     keypoints: Tensor | None = None
@@ -103,7 +104,7 @@ class Instances:
         return Instances(
             image_size=self.image_size,
             boxes=self.boxes[item],
-            labels=self.labels[item],
+            labels=pick(self.labels),
             scores=pick(self.scores),
             masks=pick(self.masks),
             keypoints=pick(self.keypoints),
@@ -119,7 +120,7 @@ class Instances:
         return Instances(
             image_size=self.image_size,
             boxes=self.boxes.to(device),
-            labels=self.labels.to(device),
+            labels=move(self.labels),
             scores=move(self.scores),
             masks=move(self.masks),
             keypoints=move(self.keypoints),
