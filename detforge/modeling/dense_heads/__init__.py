@@ -1,0 +1,1 @@
+"""Dense heads that predict at every anchor or location: RPN, RetinaNet."""
