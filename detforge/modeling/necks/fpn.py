@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from detforge.layers.conv import Conv2dNormAct, ShapeSpec
 from detforge.layers.norms import NormKind, get_norm
 
-__all__ = ["FPN", "LastLevelMaxPool", "LastLevelP6P7", "TopBlock"]
+__all__ = ["FPN", "BackboneWithFPN", "LastLevelMaxPool", "LastLevelP6P7", "TopBlock"]
 
 
 def _c2_xavier_fill(conv: nn.Conv2d) -> None:
@@ -262,3 +262,33 @@ class FPN(nn.Module):
             for k, level_map in enumerate(self.top_block(x), start=1):
                 outputs[f"p{self._levels[-1] + k}"] = level_map
         return outputs
+
+
+class BackboneWithFPN(nn.Module):
+    """A bottom-up backbone followed by an FPN: ``image -> dict of pyramid levels``.
+
+    Checkpoint names are ``bottom_up.*`` and ``fpn.*``; detectron2's FPN backbone keeps its
+    FPN layers at the top (``fpn_lateral2``), which a converter maps by inserting ``fpn.``.
+
+    Args:
+        bottom_up: returns ``dict[str, Tensor]`` and has ``output_shape()`` (e.g. ``ResNet``).
+        fpn: an :class:`FPN` built on ``bottom_up.output_shape()``.
+    """
+
+    def __init__(self, bottom_up: nn.Module, fpn: FPN) -> None:
+        super().__init__()
+        self.bottom_up = bottom_up
+        self.fpn = fpn
+
+    @property
+    def size_divisibility(self) -> int:
+        """Input sizes should be multiples of this (the coarsest output stride)."""
+        return self.fpn.size_divisibility
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        """Channels and stride of each output level."""
+        return self.fpn.output_shape()
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``Tensor[B, 3, H, W]`` -> ``{"p2": ..., ...}``."""
+        return self.fpn(self.bottom_up(x))
