@@ -35,5 +35,7 @@ The mapper turns a record into the dict a detector takes; a batch is a list of s
 ``image`` (Tensor[C, H, W], uint8, in the model's channel order), ``instances``
 (``detforge.structures.instances.Instances`` in the coordinates of the transformed image),
 ``height``/``width`` (original image size, so predictions can be mapped back), ``image_id``,
-``file_name``.
+``file_name``, ``transforms`` (the ``TransformList`` applied; its ``inverse()`` maps predictions
+back to the original image), and ``skipped`` when the loader replaced bad samples (see
+``detforge.data.loader``).
 """
