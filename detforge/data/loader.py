@@ -14,17 +14,19 @@ number of workers. ``strict=True`` raises instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from detforge.data.records import SerializedList
 from detforge.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 from detforge.utils.comm import get_rank
 
 __all__ = [
     "MapDataset",
+    "RecordSource",
     "build_test_loader",
     "build_train_loader",
     "sample_rng",
@@ -34,6 +36,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Mapper = Callable[[dict, np.random.Generator], dict]
+
+
+class RecordSource(Protocol):
+    """What the loaders need of a dataset's records: a list, or a ``SerializedList``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 _MAX_RETRIES = 10
 
 
@@ -66,7 +78,7 @@ class MapDataset(Dataset):
 
     def __init__(
         self,
-        records: Sequence[dict],
+        records: RecordSource,
         mapper: Mapper,
         *,
         seed: int = 0,
@@ -108,7 +120,7 @@ class MapDataset(Dataset):
 
 
 def build_train_loader(
-    records: Sequence[dict],
+    records: RecordSource,
     mapper: Mapper,
     *,
     batch_size: int,
@@ -122,7 +134,8 @@ def build_train_loader(
     """An infinite loader of training batches for this process.
 
     Args:
-        records: the dataset's records (each with ``height`` and ``width``).
+        records: the dataset's records (each with ``height`` and ``width``); a plain list is
+            serialised into a :class:`~detforge.data.records.SerializedList` first.
         mapper: ``mapper(record, rng) -> dict``.
         batch_size: images per batch in this process.
         num_workers: loader worker processes (0 loads in the main process).
@@ -135,6 +148,7 @@ def build_train_loader(
     Returns:
         An iterable of batches, each a list of ``batch_size`` model-input dicts.
     """
+    records = _compact(records)
     dataset = MapDataset(records, mapper, seed=seed, strict=strict)
     if sampler is None:
         sampler = TrainingSampler(len(records), seed=seed, start=start)
@@ -153,14 +167,14 @@ def build_train_loader(
 
 
 def build_test_loader(
-    records: Sequence[dict],
+    records: RecordSource,
     mapper: Mapper,
     *,
     batch_size: int = 1,
     num_workers: int = 0,
 ) -> DataLoader:
     """An ordered loader over this process's shard of ``records`` (every record once)."""
-    dataset = MapDataset(records, mapper, strict=True)
+    dataset = MapDataset(_compact(records), mapper, strict=True)
     sampler = InferenceSampler(len(records))
     return DataLoader(
         dataset,
@@ -171,6 +185,14 @@ def build_test_loader(
     )
 
 
-def _iter_records(records: Sequence[dict]) -> Iterable[dict[str, Any]]:
+def _compact(records: RecordSource) -> RecordSource:
+    # Lists of dicts are copied page by page into every worker as their refcounts change;
+    # one serialised buffer is shared copy-on-read.
+    if isinstance(records, SerializedList):
+        return records
+    return SerializedList([records[i] for i in range(len(records))])
+
+
+def _iter_records(records: RecordSource) -> Iterable[dict[str, Any]]:
     for i in range(len(records)):
         yield records[i]
