@@ -3,6 +3,7 @@ mapping detections back to the original image size."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -13,9 +14,16 @@ from detforge.structures.boxes import clip_boxes, nonempty_boxes
 from detforge.structures.image_list import ImageList
 from detforge.structures.instances import Instances
 
-__all__ = ["check_targets", "detector_postprocess", "preprocess_images"]
+__all__ = [
+    "BOX_TOLERANCE",
+    "check_original_sizes",
+    "check_targets",
+    "detector_postprocess",
+    "preprocess_images",
+]
 
-_BOX_TOLERANCE = 1.0  # pixels a ground-truth box may extend past the image (rounding in files)
+#: Ground-truth boxes may stick out of their image by at most this many pixels (file rounding).
+BOX_TOLERANCE = 1.0
 
 
 def preprocess_images(
@@ -38,53 +46,106 @@ def preprocess_images(
     Returns:
         ImageList of float images on the device of ``pixel_mean``.
     """
-    if isinstance(images, Tensor) or len(images) == 0:
-        raise ValueError(f"{owner}: `images` must be a non-empty list of Tensor[C, H, W]")
+    fn = f"{owner}.forward"
+    if isinstance(images, Tensor) or not isinstance(images, Sequence):
+        raise TypeError(
+            f"{fn}: `images` must be a list of Tensor[C, H, W], got {type(images).__name__} "
+            "(for a batched tensor pass list(batch))"
+        )
+    if len(images) == 0:
+        raise ValueError(f"{fn}: `images` is empty: a non-empty list of Tensor[C, H, W] is needed")
     c = pixel_mean.shape[0]
     normed = []
     for i, img in enumerate(images):
-        if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != c:
-            got = list(img.shape) if isinstance(img, Tensor) else type(img).__name__
-            raise ValueError(f"{owner}: image {i} must be a Tensor[{c}, H, W], got {got}")
+        if not isinstance(img, Tensor):
+            raise TypeError(f"{fn}: `images[{i}]` must be a Tensor, got {type(img).__name__}")
+        if img.dim() != 3 or img.shape[0] != c or img.shape[1] == 0 or img.shape[2] == 0:
+            raise ValueError(
+                f"{fn}: `images[{i}]` must have shape [{c}, H, W] with H, W > 0 "
+                f"({c} channels, as pixel_mean), got {list(img.shape)}"
+            )
         if not (img.dtype == torch.uint8 or img.is_floating_point()):
-            raise TypeError(f"{owner}: image {i} must be uint8 or floating, got {img.dtype}")
-        if img.shape[1] == 0 or img.shape[2] == 0:
-            raise ValueError(f"{owner}: image {i} is empty ({list(img.shape)})")
+            raise TypeError(f"{fn}: `images[{i}]` must be uint8 or floating, got {img.dtype}")
         x = img.to(device=pixel_mean.device, dtype=pixel_mean.dtype)
         normed.append((x - pixel_mean) / pixel_std)
     return ImageList.from_tensors(normed, size_divisibility=size_divisibility)
 
 
 def check_targets(
-    targets: Sequence[Instances] | None, image_sizes: Sequence[tuple[int, int]], owner: str
+    targets: object,
+    image_sizes: Sequence[tuple[int, int]],
+    *,
+    num_classes: int,
+    owner: str,
 ) -> list[Instances]:
-    """Check training targets against the images: one per image, ordered boxes inside it.
+    """Check training targets against the images they annotate.
+
+    One ``Instances`` per image, whose ``image_size`` is the image's, with int64 ``labels`` in
+    ``[0, num_classes)`` and finite, ordered ``boxes`` inside the image (within
+    :data:`BOX_TOLERANCE` pixels).
 
     Returns:
         The targets, as a list.
     """
+    fn = f"{owner}.forward"
     if targets is None:
-        raise ValueError(f"{owner}: `targets` are required in training mode")
+        raise ValueError(f"{fn}: `targets` are required in training mode (call .eval() to infer)")
+    if not isinstance(targets, Sequence):
+        raise TypeError(
+            f"{fn}: `targets` must be a list of Instances, got {type(targets).__name__}"
+        )
     if len(targets) != len(image_sizes):
-        raise ValueError(f"{owner}: {len(targets)} targets for {len(image_sizes)} images")
+        raise ValueError(f"{fn}: {len(targets)} targets for {len(image_sizes)} images")
     for i, (t, (h, w)) in enumerate(zip(targets, image_sizes, strict=True)):
         if not isinstance(t, Instances):
-            raise TypeError(f"{owner}: targets[{i}] must be Instances, got {type(t).__name__}")
-        if t.labels is None:
-            raise ValueError(f"{owner}: targets[{i}] has no labels")
-        b = t.boxes
-        if b.numel() == 0:
-            continue
-        ok = torch.isfinite(b).all(dim=1) & (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])
-        tol = _BOX_TOLERANCE
-        ok &= (b[:, 0] >= -tol) & (b[:, 1] >= -tol) & (b[:, 2] <= w + tol) & (b[:, 3] <= h + tol)
-        if not bool(ok.all()):
-            j = int((~ok).nonzero()[0, 0])
+            raise TypeError(f"{fn}: `targets[{i}]` must be Instances, got {type(t).__name__}")
+        if t.image_size != (h, w):
             raise ValueError(
-                f"{owner}: targets[{i}] box {j} {b[j].tolist()} is unordered, not finite or "
-                f"outside the {w}x{h} image"
+                f"{fn}: `targets[{i}].image_size` is {t.image_size} but image {i} is {(h, w)}"
+            )
+        if not t.boxes.is_floating_point():
+            raise TypeError(f"{fn}: `targets[{i}].boxes` must be floating, got {t.boxes.dtype}")
+        labels = t.labels
+        if labels is None or labels.dtype not in (torch.int64, torch.int32):
+            got = None if labels is None else labels.dtype
+            raise ValueError(f"{fn}: `targets[{i}].labels` must be int64 class indices, got {got}")
+        bad_label = (labels < 0) | (labels >= num_classes)
+        if bool(bad_label.any()):
+            j = int(bad_label.nonzero()[0, 0])
+            raise ValueError(
+                f"{fn}: `targets[{i}].labels[{j}]` is {int(labels[j])}, outside [0, {num_classes})"
+            )
+        b, tol = t.boxes, BOX_TOLERANCE
+        bad = ~(
+            torch.isfinite(b).all(dim=1)
+            & (b[:, 2] >= b[:, 0])
+            & (b[:, 3] >= b[:, 1])
+            & (b[:, :2] >= -tol).all(dim=1)
+            & (b[:, 2] <= w + tol)
+            & (b[:, 3] <= h + tol)
+        )
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"{fn}: `targets[{i}].boxes[{j}]` is {b[j].tolist()}: boxes must be ordered xyxy "
+                f"(x2 >= x1, y2 >= y1) inside the {h}x{w} image (tolerance {tol} px)"
             )
     return list(targets)
+
+
+def check_original_sizes(sizes: object, num_images: int, *, owner: str) -> list[tuple[int, int]]:
+    """Check ``original_sizes``: one ``(height, width)`` pair of positive ints per image."""
+    fn = f"{owner}.forward"
+    if not isinstance(sizes, Sequence) or len(sizes) != num_images:
+        raise ValueError(f"{fn}: `original_sizes` must hold one (height, width) per image")
+    out = []
+    for i, s in enumerate(sizes):
+        ok = isinstance(s, Sequence) and len(s) == 2
+        ok = ok and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in s)
+        if not ok or min(s) <= 0:
+            raise ValueError(f"{fn}: `original_sizes[{i}]` must be (height, width) > 0, got {s!r}")
+        out.append((int(s[0]), int(s[1])))
+    return out
 
 
 def detector_postprocess(

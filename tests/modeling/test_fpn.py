@@ -66,7 +66,7 @@ def test_fpn_on_resnet_with_max_pool_top_block_odd_size() -> None:
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
     assert fpn.output_shape() == {f"p{lvl}": ShapeSpec(32, 2**lvl) for lvl in range(2, 7)}
     assert torch.equal(out["p6"], out["p5"][:, :, ::2, ::2])
-    assert fpn.size_divisibility == 64
+    assert fpn.size_divisibility == 32  # the res5 stride, as detectron2 pads
 
 
 @pytest.mark.parametrize("in_feature", ["res5", "p5"])

@@ -20,11 +20,12 @@ def test_preprocess_normalises_and_pads():
 @pytest.mark.parametrize(
     ("images", "match"),
     [
-        ([], "non-empty"),
-        ([torch.zeros(1, 4, 4)], r"image 0 must be a Tensor\[3, H, W\]"),
-        ([torch.zeros(3, 4)], "image 0"),
+        ([], "is empty"),
+        (torch.zeros(1, 3, 4, 4), "list"),
+        ([torch.zeros(1, 4, 4)], r"images\[0\]` must have shape \[3, H, W\]"),
+        ([torch.zeros(3, 4)], r"images\[0\]"),
         ([torch.zeros(3, 4, 4, dtype=torch.int32)], "uint8 or floating"),
-        ([torch.zeros(3, 0, 4)], "empty"),
+        ([torch.zeros(3, 0, 4)], "H, W > 0"),
     ],
 )
 def test_preprocess_errors(images, match):
@@ -39,15 +40,25 @@ def _inst(boxes, size=(20, 30)):
 
 def test_check_targets():
     sizes = [(20, 30)]
-    check_targets([_inst([[0, 0, 30.5, 20]])], sizes, "M")  # within the tolerance
+
+    def check(targets):
+        return check_targets(targets, sizes, num_classes=2, owner="M")
+
+    check([_inst([[0, 0, 30.5, 20]])])  # within the tolerance
     with pytest.raises(ValueError, match="required"):
-        check_targets(None, sizes, "M")
+        check(None)
     with pytest.raises(ValueError, match="2 targets for 1 images"):
-        check_targets([_inst([]), _inst([])], sizes, "M")
-    with pytest.raises(ValueError, match=r"box 1 .* outside the 30x20 image"):
-        check_targets([_inst([[0, 0, 5, 5], [0, 0, 40, 5]])], sizes, "M")
-    with pytest.raises(ValueError, match="unordered"):
-        check_targets([_inst([[5, 0, 1, 5]])], sizes, "M")
+        check([_inst([]), _inst([])])
+    with pytest.raises(ValueError, match=r"boxes\[1\]` is .* inside the 20x30 image"):
+        check([_inst([[0, 0, 5, 5], [0, 0, 40, 5]])])
+    with pytest.raises(ValueError, match="ordered"):
+        check([_inst([[5, 0, 1, 5]])])
+    with pytest.raises(ValueError, match="image_size"):
+        check([_inst([[0, 0, 1, 1]], size=(21, 30))])
+    bad_label = _inst([[0, 0, 1, 1]])
+    bad_label.labels = torch.tensor([2])
+    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+        check([bad_label])
 
 
 def test_postprocess_rescales_clips_drops_and_pastes():

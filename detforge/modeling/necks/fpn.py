@@ -210,8 +210,12 @@ class FPN(nn.Module):
 
     @property
     def size_divisibility(self) -> int:
-        """Largest output stride: padding inputs to a multiple of it makes all levels exact."""
-        return max(s.stride for s in self._shapes.values())
+        """Stride of the coarsest *input* level (32 for res5): inputs are padded to a multiple.
+
+        This is detectron2's choice: the extra top-block levels (P6, P7) use ceil-mode stride-2
+        ops and do not need it, and padding to their stride (64 or 128) would change results.
+        """
+        return 2 ** self._levels[-1]
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         """Channels and stride of each output, keyed and ordered like ``forward``'s output."""
