@@ -92,11 +92,10 @@ def _pixel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, T
             raise TypeError(f"{_FN}: `{name}` must be a non-empty list of floats, got {seq!r}")
     if len(mean) != len(std):
         raise ValueError(f"{_FN}: `pixel_mean` has {len(mean)} channels, `pixel_std` {len(std)}")
-    m = torch.tensor([float(v) for v in mean], dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor([float(v) for v in std], dtype=torch.float32).view(-1, 1, 1)
-    if not (torch.isfinite(m).all() and torch.isfinite(s).all() and (s > 0).all()):
+    m, s = [float(v) for v in mean], [float(v) for v in std]
+    if not (all(math.isfinite(v) for v in m + s) and min(s) > 0):
         raise ValueError(f"{_FN}: `pixel_mean` must be finite and `pixel_std` positive")
-    return m, s
+    return torch.tensor(m).view(-1, 1, 1), torch.tensor(s).view(-1, 1, 1)
 
 
 class RetinaNet(nn.Module):

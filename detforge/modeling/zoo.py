@@ -1,0 +1,303 @@
+"""Plain builder functions for every model, and the one explicit name -> builder table.
+
+Each builder returns a ready ``nn.Module`` from keyword arguments: no config is needed, and a
+config file may simply call a builder. Defaults are detectron2's for the same model (so that its
+checkpoints, once converted, load and reproduce its detections):
+
+* ResNet trunks in MSRA/caffe style (``stride_in_1x1=True``) with FrozenBN and the stem plus
+  ``res2`` frozen, pixel mean ``(103.530, 116.280, 123.675)`` and std 1 on BGR images, as the
+  ImageNet ``R-50.pkl`` / ``R-101.pkl`` weights of the Detectron family expect;
+* X-101-32x8d in pytorch style with std ``(57.375, 57.120, 58.395)``, as its Facebook weights;
+* Faster/Mask R-CNN: RPN anchors 32-512 on P2-P6, RoIAlignV2 7x7 box pooler with a 2-FC head of
+  1024, 14x14 mask pooler with 4 convs; RetinaNet: 3 scales x 3 ratios on P3-P7.
+
+The ``*_tiny`` builders are small models for tests and CPU training from scratch: ResNet-18 with
+GroupNorm (trainable from scratch, unlike FrozenBN), narrow FPN and heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from torch import nn
+
+from detforge.layers.norms import NormKind
+from detforge.modeling.anchors import AnchorGenerator
+from detforge.modeling.backbones.resnet import ResNet
+from detforge.modeling.box_coder import BoxCoder
+from detforge.modeling.dense_heads.retina_head import RetinaNetHead
+from detforge.modeling.dense_heads.rpn import RPN, RPNHead
+from detforge.modeling.detectors.generalized_rcnn import GeneralizedRCNN
+from detforge.modeling.detectors.retinanet import RetinaNet
+from detforge.modeling.matcher import Matcher
+from detforge.modeling.necks.fpn import FPN, BackboneWithFPN, LastLevelMaxPool, LastLevelP6P7
+from detforge.modeling.roi_heads.box_head import FastRCNNConvFCHead
+from detforge.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detforge.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
+from detforge.modeling.roi_heads.roi_heads import StandardROIHeads
+from detforge.ops.poolers import MultiLevelRoIPooler
+
+__all__ = [
+    "MODELS",
+    "build_model",
+    "faster_rcnn",
+    "retinanet",
+    "resnet_fpn_backbone",
+]
+
+CAFFE_MEAN = (103.530, 116.280, 123.675)  # BGR
+CAFFE_STD = (1.0, 1.0, 1.0)
+X101_STD = (57.375, 57.120, 58.395)
+_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
+
+
+def resnet_fpn_backbone(
+    *,
+    depth: Literal[18, 34, 50, 101, 152] = 50,
+    groups: int = 1,
+    width_per_group: int = 64,
+    norm: NormKind = "FrozenBN",
+    freeze_at: int = 2,
+    stride_in_1x1: bool = True,
+    out_channels: int = 256,
+    fpn_norm: NormKind = "",
+    top_block: Literal["maxpool", "p6p7"] = "maxpool",
+    in_features: tuple[str, ...] = ("res2", "res3", "res4", "res5"),
+) -> BackboneWithFPN:
+    """A ResNet/ResNeXt trunk with an FPN: P2-P6 by max-pool (R-CNN) or P3-P7 (RetinaNet)."""
+    trunk = ResNet(
+        depth=depth,
+        out_features=in_features,
+        norm=norm,
+        freeze_at=freeze_at,
+        stride_in_1x1=stride_in_1x1,
+        groups=groups,
+        width_per_group=width_per_group,
+    )
+    shapes = trunk.output_shape()
+    block = (
+        LastLevelMaxPool()
+        if top_block == "maxpool"
+        else LastLevelP6P7(shapes["res5"].channels, out_channels, in_feature="res5")
+    )
+    fpn = FPN(shapes, in_features, out_channels, norm=fpn_norm, top_block=block)
+    return BackboneWithFPN(trunk, fpn)
+
+
+def faster_rcnn(
+    *,
+    num_classes: int,
+    backbone: BackboneWithFPN,
+    mask: bool = False,
+    fc_dim: int = 1024,
+    mask_conv_dim: int = 256,
+    head_norm: NormKind = "",
+    rpn_batch_size_per_image: int = 256,
+    roi_batch_size_per_image: int = 512,
+    pixel_mean: tuple[float, ...] = CAFFE_MEAN,
+    pixel_std: tuple[float, ...] = CAFFE_STD,
+    input_format: Literal["BGR", "RGB"] = "BGR",
+) -> GeneralizedRCNN:
+    """Faster R-CNN (``mask=False``) or Mask R-CNN (``mask=True``) on an FPN backbone."""
+    shapes = backbone.output_shape()
+    channels = next(iter(shapes.values())).channels
+    rpn_levels = ("p2", "p3", "p4", "p5", "p6")
+    anchors = AnchorGenerator(
+        [[32], [64], [128], [256], [512]], [[0.5, 1.0, 2.0]], [_STRIDES[f] for f in rpn_levels]
+    )
+    rpn = RPN(
+        in_features=rpn_levels,
+        head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        anchor_generator=anchors,
+        anchor_matcher=Matcher([0.3, 0.7], [0, -1, 1], allow_low_quality_matches=True),
+        box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)),
+        batch_size_per_image=rpn_batch_size_per_image,
+    )
+    roi_levels = ("p2", "p3", "p4", "p5")
+    scales = [1.0 / _STRIDES[f] for f in roi_levels]
+    box_head = FastRCNNConvFCHead(in_channels=channels, fc_dim=fc_dim, norm=head_norm)
+    mask_kwargs = {}
+    if mask:
+        mask_kwargs = {
+            "mask_in_features": roi_levels,
+            "mask_pooler": MultiLevelRoIPooler(14, scales, pooler_type="roi_align_v2"),
+            "mask_head": MaskRCNNConvUpsampleHead(
+                in_channels=channels,
+                num_classes=num_classes,
+                conv_dim=mask_conv_dim,
+                norm=head_norm,
+            ),
+        }
+    roi_heads = StandardROIHeads(
+        num_classes=num_classes,
+        box_in_features=roi_levels,
+        box_pooler=MultiLevelRoIPooler(7, scales, pooler_type="roi_align_v2"),
+        box_head=box_head,
+        box_predictor=FastRCNNOutputLayers(fc_dim, num_classes=num_classes),
+        proposal_matcher=Matcher([0.5], [0, 1]),
+        batch_size_per_image=roi_batch_size_per_image,
+        **mask_kwargs,  # type: ignore[arg-type]
+    )
+    return GeneralizedRCNN(
+        backbone=backbone,
+        num_classes=num_classes,
+        rpn=rpn,
+        roi_heads=roi_heads,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+        input_format=input_format,
+        size_divisibility=backbone.size_divisibility,
+    )
+
+
+def retinanet(
+    *,
+    num_classes: int,
+    backbone: BackboneWithFPN,
+    head_norm: NormKind = "",
+    pixel_mean: tuple[float, ...] = CAFFE_MEAN,
+    pixel_std: tuple[float, ...] = CAFFE_STD,
+    input_format: Literal["BGR", "RGB"] = "BGR",
+) -> RetinaNet:
+    """RetinaNet on a P3-P7 FPN backbone: 3 octave scales x 3 aspect ratios per level."""
+    levels = ("p3", "p4", "p5", "p6", "p7")
+    sizes = [[x * 2 ** (i / 3) for i in range(3)] for x in (32, 64, 128, 256, 512)]
+    anchors = AnchorGenerator(sizes, [[0.5, 1.0, 2.0]], [_STRIDES[f] for f in levels])
+    channels = backbone.output_shape()["p3"].channels
+    head = RetinaNetHead(
+        in_channels=channels,
+        num_anchors=anchors.num_anchors_per_location()[0],
+        num_classes=num_classes,
+        norm=head_norm,
+    )
+    return RetinaNet(
+        backbone=backbone,
+        head=head,
+        anchor_generator=anchors,
+        box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)),
+        anchor_matcher=Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True),
+        num_classes=num_classes,
+        in_features=levels,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+        input_format=input_format,
+        size_divisibility=backbone.size_divisibility,
+    )
+
+
+def _trunk(name: str) -> dict:
+    return {
+        "r50": {"depth": 50},
+        "r101": {"depth": 101},
+        "x101_32x8d": {"depth": 101, "groups": 32, "width_per_group": 8, "stride_in_1x1": False},
+    }[name]
+
+
+def _std(name: str) -> tuple[float, ...]:
+    return X101_STD if name.startswith("x101") else CAFFE_STD
+
+
+def _rcnn_builder(trunk: str, mask: bool) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 80) -> nn.Module:
+        return faster_rcnn(
+            num_classes=num_classes,
+            backbone=resnet_fpn_backbone(**_trunk(trunk)),
+            mask=mask,
+            pixel_std=_std(trunk),
+        )
+
+    kind = "Mask" if mask else "Faster"
+    build.__doc__ = f"{kind} R-CNN, {trunk.upper()}-FPN, detectron2 defaults."
+    return build
+
+
+def _retina_builder(trunk: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 80) -> nn.Module:
+        return retinanet(
+            num_classes=num_classes,
+            backbone=resnet_fpn_backbone(
+                **_trunk(trunk), top_block="p6p7", in_features=("res3", "res4", "res5")
+            ),
+            pixel_std=_std(trunk),
+        )
+
+    build.__doc__ = f"RetinaNet, {trunk.upper()}-FPN, detectron2 defaults."
+    return build
+
+
+def _tiny_backbone(top_block: Literal["maxpool", "p6p7"]) -> BackboneWithFPN:
+    in_features = (
+        ("res2", "res3", "res4", "res5") if top_block == "maxpool" else ("res3", "res4", "res5")
+    )
+    return resnet_fpn_backbone(
+        depth=18,
+        norm="GN",
+        freeze_at=0,
+        stride_in_1x1=False,
+        out_channels=64,
+        fpn_norm="GN",
+        top_block=top_block,
+        in_features=in_features,
+    )
+
+
+def faster_rcnn_r18_fpn_tiny(num_classes: int = 3, *, mask: bool = False) -> GeneralizedRCNN:
+    """A small Faster/Mask R-CNN (ResNet-18 GN, 64-channel FPN, 256-wide head) for CPU."""
+    return faster_rcnn(
+        num_classes=num_classes,
+        backbone=_tiny_backbone("maxpool"),
+        mask=mask,
+        fc_dim=256,
+        mask_conv_dim=64,
+        head_norm="GN",
+        rpn_batch_size_per_image=128,
+        roi_batch_size_per_image=128,
+        pixel_mean=(123.675, 116.28, 103.53),
+        pixel_std=(58.395, 57.12, 57.375),
+        input_format="RGB",
+    )
+
+
+def mask_rcnn_r18_fpn_tiny(num_classes: int = 3) -> GeneralizedRCNN:
+    """A small Mask R-CNN for CPU (see :func:`faster_rcnn_r18_fpn_tiny`)."""
+    return faster_rcnn_r18_fpn_tiny(num_classes, mask=True)
+
+
+def retinanet_r18_fpn_tiny(num_classes: int = 3) -> RetinaNet:
+    """A small RetinaNet (ResNet-18 GN, 64-channel FPN, GN heads) for CPU."""
+    return retinanet(
+        num_classes=num_classes,
+        backbone=_tiny_backbone("p6p7"),
+        head_norm="GN",
+        pixel_mean=(123.675, 116.28, 103.53),
+        pixel_std=(58.395, 57.12, 57.375),
+        input_format="RGB",
+    )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "faster_rcnn_r50_fpn": _rcnn_builder("r50", mask=False),
+    "faster_rcnn_r101_fpn": _rcnn_builder("r101", mask=False),
+    "faster_rcnn_x101_32x8d_fpn": _rcnn_builder("x101_32x8d", mask=False),
+    "mask_rcnn_r50_fpn": _rcnn_builder("r50", mask=True),
+    "mask_rcnn_r101_fpn": _rcnn_builder("r101", mask=True),
+    "mask_rcnn_x101_32x8d_fpn": _rcnn_builder("x101_32x8d", mask=True),
+    "retinanet_r50_fpn": _retina_builder("r50"),
+    "retinanet_r101_fpn": _retina_builder("r101"),
+    "retinanet_x101_32x8d_fpn": _retina_builder("x101_32x8d"),
+    "faster_rcnn_r18_fpn_tiny": faster_rcnn_r18_fpn_tiny,
+    "mask_rcnn_r18_fpn_tiny": mask_rcnn_r18_fpn_tiny,
+    "retinanet_r18_fpn_tiny": retinanet_r18_fpn_tiny,
+}
+
+
+def build_model(name: str, **kwargs: object) -> nn.Module:
+    """Build a model by name (for command lines); raises ``KeyError`` listing close names."""
+    if name not in MODELS:
+        import difflib
+
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown model {name!r}{hint} Known: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
