@@ -126,7 +126,7 @@ def build_train_loader(
     batch_size: int,
     num_workers: int = 0,
     seed: int = 0,
-    start: int = 0,
+    start_batch: int = 0,
     aspect_ratio_grouping: bool = True,
     sampler: TrainingSampler | None = None,
     strict: bool = False,
@@ -140,7 +140,8 @@ def build_train_loader(
         batch_size: images per batch in this process.
         num_workers: loader worker processes (0 loads in the main process).
         seed: run seed: the order of records and every augmentation derive from it.
-        start: stream position to start from (to resume exactly; ignored when ``sampler`` given).
+        start_batch: number of batches already trained on: the loader starts with the next
+            one, exactly as an uninterrupted run would have continued (for resuming).
         aspect_ratio_grouping: batch landscape and portrait images separately.
         sampler: a custom training sampler (e.g. ``RepeatFactorTrainingSampler``).
         strict: raise on a bad sample instead of replacing it.
@@ -151,12 +152,12 @@ def build_train_loader(
     records = _compact(records)
     dataset = MapDataset(records, mapper, seed=seed, strict=strict)
     if sampler is None:
-        sampler = TrainingSampler(len(records), seed=seed, start=start)
+        sampler = TrainingSampler(len(records), seed=seed)
     if aspect_ratio_grouping:
         groups = np.array([int(r["width"] >= r["height"]) for r in _iter_records(records)])
     else:
         groups = np.zeros(len(records), dtype=np.int64)
-    batches = GroupedBatchSampler(sampler, groups, batch_size)
+    batches = GroupedBatchSampler(sampler, groups, batch_size, skip_batches=start_batch)
     return DataLoader(
         dataset,
         batch_sampler=batches,

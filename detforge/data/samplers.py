@@ -10,7 +10,7 @@ where it stopped (``start``), without replaying it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -205,27 +205,44 @@ class GroupedBatchSampler:
     and portrait); a batch is emitted as soon as a bucket holds ``batch_size`` keys, so images
     of similar shape are padded together and waste less memory.
 
+    The batches are a deterministic function of the key stream, so a resumed run gets exactly
+    the batches it would have had: ``skip_batches`` replays the grouping of the first batches
+    (keys only, no data is loaded) and starts with the next one.
+
     Args:
-        sampler: yields ``(position, index)`` keys (e.g. :class:`TrainingSampler`).
+        sampler: yields ``(position, index)`` keys (e.g. :class:`TrainingSampler` from 0).
         group_ids: group of each record index (e.g. ``width >= height``).
         batch_size: keys per batch (per process).
+        skip_batches: number of leading batches not to yield (batches already trained on).
     """
 
     def __init__(
-        self, sampler: TrainingSampler, group_ids: Sequence[int] | np.ndarray, batch_size: int
+        self,
+        sampler: Iterable[Key],
+        group_ids: Sequence[int] | np.ndarray,
+        batch_size: int,
+        *,
+        skip_batches: int = 0,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(
                 f"GroupedBatchSampler: `batch_size` must be positive, got {batch_size}"
             )
-        self.sampler, self.batch_size = sampler, batch_size
+        if skip_batches < 0:
+            raise ValueError(
+                f"GroupedBatchSampler: `skip_batches` must be >= 0, got {skip_batches}"
+            )
+        self.sampler, self.batch_size, self.skip_batches = sampler, batch_size, skip_batches
         self.group_ids = np.asarray(group_ids, dtype=np.int64)
 
     def __iter__(self) -> Iterator[list[Key]]:
         buckets: dict[int, list[Key]] = {}
+        emitted = 0
         for key in self.sampler:
             bucket = buckets.setdefault(int(self.group_ids[key[1]]), [])
             bucket.append(key)
             if len(bucket) == self.batch_size:
-                yield bucket[:]
+                if emitted >= self.skip_batches:
+                    yield bucket[:]
+                emitted += 1
                 bucket.clear()

@@ -55,27 +55,17 @@ def test_train_loader_same_batches_with_and_without_workers():
         assert len({s["w"] >= 10 + s["image_id"] for s in batch}) == 1  # aspect-ratio groups
 
 
-def test_train_loader_resume():
-    recs = _records()
-    full = list(
-        islice(
-            iter(
-                build_train_loader(recs, _mapper, batch_size=1, seed=3, aspect_ratio_grouping=False)
-            ),
-            10,
-        )
-    )
-    resumed = list(
-        islice(
-            iter(
-                build_train_loader(
-                    recs, _mapper, batch_size=1, seed=3, start=6, aspect_ratio_grouping=False
-                )
-            ),
-            4,
-        )
-    )
-    assert resumed == full[6:]
+@pytest.mark.parametrize("grouping", [False, True])
+def test_train_loader_resume(grouping):
+    def batches(start_batch, n):
+        loader = build_train_loader(
+            _records(), _mapper, batch_size=2, seed=3, aspect_ratio_grouping=grouping,
+            start_batch=start_batch,
+        )  # fmt: skip
+        return list(islice(iter(loader), n))
+
+    full = batches(0, 10)
+    assert batches(6, 4) == full[6:]
 
 
 def test_test_loader_in_order():
