@@ -1,0 +1,1 @@
+"""Optimisation: parameter groups, learning-rate schedules, batch-size scaling."""
