@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detforge.data.records import SerializedList
@@ -164,6 +165,9 @@ def build_train_loader(
         num_workers=num_workers,
         collate_fn=trivial_batch_collator,
         persistent_workers=num_workers > 0,
+        # Its own generator: creating an iterator must not draw from torch's global RNG,
+        # which the model's samplers use and a resumed run restores.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -183,6 +187,7 @@ def build_test_loader(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=trivial_batch_collator,
+        generator=torch.Generator().manual_seed(0),
     )
 
 
