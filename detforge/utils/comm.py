@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.distributed as dist
 
-__all__ = ["get_rank", "get_world_size", "is_main_process"]
+__all__ = [
+    "all_gather",
+    "gather",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "synchronize",
+]
 
 
 def get_world_size() -> int:
@@ -24,3 +33,51 @@ def get_rank() -> int:
 def is_main_process() -> bool:
     """Whether this is rank 0 (the process that writes files)."""
     return get_rank() == 0
+
+
+def synchronize() -> None:
+    """Barrier across all processes; a no-op when not distributed or with a single process."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Gather a picklable object from every process, on every process.
+
+    Args:
+        obj: any picklable object.
+
+    Returns:
+        list: ``world_size`` objects, the one of rank ``r`` at index ``r``; ``[obj]`` when not
+        distributed.
+    """
+    world = get_world_size()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather(obj: Any, dst: int = 0) -> list[Any]:
+    """Gather a picklable object from every process onto rank ``dst``.
+
+    Args:
+        obj: any picklable object.
+        dst: the rank that receives the objects.
+
+    Returns:
+        list: on rank ``dst``, ``world_size`` objects (the one of rank ``r`` at index ``r``);
+        on the other ranks an empty list. ``[obj]`` when not distributed.
+    """
+    world = get_world_size()
+    if not 0 <= dst < world:
+        raise ValueError(f"gather: `dst` must be a rank in [0, {world}), got {dst}")
+    if world == 1:
+        return [obj]
+    if get_rank() == dst:
+        out: list[Any] = [None] * world
+        dist.gather_object(obj, out, dst=dst)
+        return out
+    dist.gather_object(obj, None, dst=dst)
+    return []

@@ -1,0 +1,8 @@
+"""RetinaNet, R101-FPN, COCO (80 classes): `zoo.MODELS["retinanet_r101_fpn"]`."""
+
+from .common.models.retinanet_fpn import model
+
+# Only `model` so far: the engine work will add `dataloader`, `optimizer`, `lr_multiplier` and
+# `train` (imported from configs/common/ like `model`).
+
+model.backbone.depth = 101

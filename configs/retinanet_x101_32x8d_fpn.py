@@ -1,0 +1,15 @@
+"""RetinaNet, X-101-32x8d-FPN, COCO (80 classes): `zoo.MODELS["retinanet_x101_32x8d_fpn"]`."""
+
+from detforge.modeling.zoo import X101_STD
+
+from .common.models.retinanet_fpn import model
+
+# Only `model` so far: the engine work will add `dataloader`, `optimizer`, `lr_multiplier` and
+# `train` (imported from configs/common/ like `model`).
+
+# ResNeXt-101 32x8d in pytorch style (stride in the 3x3 conv), as its Facebook weights expect.
+model.backbone.depth = 101
+model.backbone.groups = 32
+model.backbone.width_per_group = 8
+model.backbone.stride_in_1x1 = False
+model.pixel_std = X101_STD
