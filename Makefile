@@ -27,8 +27,8 @@ demo: $(STAMP)
 	$(VPY) -m detforge.demo
 
 lint: $(STAMP)
-	$(VPY) -m ruff check detforge tests benchmarks
-	$(VPY) -m ruff format --check detforge tests benchmarks
+	$(VPY) -m ruff check detforge tests benchmarks configs
+	$(VPY) -m ruff format --check detforge tests benchmarks configs
 	$(VPY) -m mypy
 
 test: lint

@@ -12,8 +12,18 @@ detectron2 checkpoints give the same detections):
    foreground, plus each ground truth's best anchors). ``loss_cls`` is the sigmoid focal loss
    summed over non-ignored anchors and all classes (background: all-zero targets); ``loss_box``
    is smooth-L1 on encoded deltas (or GIoU on decoded boxes) summed over foreground anchors. Both
-   are divided by ``loss_normalizer``, an EMA of the batch's foreground count updated once per
-   training forward: ``new = m * old + (1 - m) * max(num_fg, 1)``, starting at 100.
+   are divided by ``loss_normalizer``, an EMA of the number of foreground anchors *per process*
+   updated once per training forward: ``new = m * old + (1 - m) * max(num_fg, 1)``, starting at
+   ``loss_normalizer_init`` (100). ``num_fg`` counts the foreground anchors of this process's
+   images; under DDP (``torch.distributed`` initialised, world size ``P > 1``) it is instead the
+   count summed over all processes (an all-reduce) divided by ``P``, as in mmdetection's
+   ``reduce_mean`` of the positives, so every process holds the same normaliser. Because DDP
+   averages gradients, ``P`` processes of ``n`` images then train exactly like one process of
+   ``P * n`` images whose normaliser (and ``loss_normalizer_init``) is ``P`` times larger: the
+   EMA is in units of foreground anchors per process's batch, so scale ``loss_normalizer_init``
+   with the images per process (detectron2's standard schedules use 100 with 2 images per
+   GPU). The all-reduce is a collective: every process must run the same number of training
+   forwards.
 4. **Infer**, per image and level: sigmoid of the ``[H * W * A, K]`` logits, flattened; keep
    scores ``> test_score_thresh``, then the ``test_topk_candidates`` best; flat index ``i`` is
    anchor ``i // K``, class ``i % K``; decode only those boxes. Concatenate the levels, run
@@ -38,6 +48,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -55,6 +66,7 @@ from detforge.ops.nms import batched_nms
 from detforge.structures.boxes import box_iou, nonempty_boxes
 from detforge.structures.image_list import ImageList
 from detforge.structures.instances import Instances
+from detforge.utils.comm import get_world_size
 
 __all__ = ["RetinaNet"]
 
@@ -83,6 +95,21 @@ def _count(value: object, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{_FN}: `{name}` must be an int, got {value!r}")
     return int(_number(value, name, low))
+
+
+@torch.no_grad()
+def _mean_over_processes(count: Tensor) -> float:
+    """``count`` (a scalar int64 tensor) summed over all processes, divided by their number.
+
+    Without an initialised process group of more than one process, just ``count``. Otherwise a
+    collective (an all-reduce on ``count``'s device) that every process must call.
+    """
+    world_size = get_world_size()
+    if world_size == 1:
+        return float(count.item())
+    total = count.detach().to(torch.int64).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return float(total.item()) / world_size
 
 
 def _pixel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
@@ -193,7 +220,8 @@ class RetinaNet(nn.Module):
         self.size_divisibility = _count(size_divisibility, "size_divisibility", 0)
         m = _number(loss_normalizer_momentum, "loss_normalizer_momentum", 0, 1)
         self.loss_normalizer_momentum = m
-        #: EMA of the foreground-anchor count; a plain attribute, not saved in the state dict.
+        #: EMA of the foreground-anchor count per process (mean over processes under DDP; see
+        #: the module docstring); a plain attribute, not saved in the state dict.
         self.loss_normalizer = _number(loss_normalizer_init, "loss_normalizer_init", 1)
         mean, std = _pixel_stats(pixel_mean, pixel_std)
         self.register_buffer("pixel_mean", mean, persistent=False)
@@ -352,7 +380,8 @@ class RetinaNet(nn.Module):
     ) -> dict[str, Tensor]:
         """Focal classification loss and box regression loss, over the EMA foreground count.
 
-        Updates ``loss_normalizer`` (see the module docstring).
+        Updates ``loss_normalizer`` (see the module docstring); under DDP this all-reduces the
+        foreground count, so every process must call it.
 
         Args:
             anchors (Tensor[N, 4]): anchors of all levels.
@@ -367,9 +396,9 @@ class RetinaNet(nn.Module):
         gt_labels = torch.stack(list(labels))  # [B, N]
         valid = gt_labels >= 0
         fg = valid & (gt_labels != self.num_classes)
-        num_fg = int(fg.sum().item())
+        num_fg = _mean_over_processes(fg.sum())
         m = self.loss_normalizer_momentum
-        self.loss_normalizer = m * self.loss_normalizer + (1 - m) * max(num_fg, 1)
+        self.loss_normalizer = m * self.loss_normalizer + (1 - m) * max(num_fg, 1.0)
 
         pred_logits = torch.cat(list(logits), dim=1)  # [B, N, K]
         target = F.one_hot(gt_labels[valid], self.num_classes + 1)[:, :-1]  # [V, K]
