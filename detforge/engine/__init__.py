@@ -1,0 +1,1 @@
+"""Training engine: process launch and distributed setup (``launch.py``), the training loop."""

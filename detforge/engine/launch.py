@@ -1,0 +1,569 @@
+"""Starting one training program on several processes, and joining them into a process group.
+
+There are three ways to run a training script ``train.py`` that calls
+``init_distributed(detect_environment())`` when ``detect_environment()`` finds a launcher (and
+runs on its own otherwise):
+
+1. **Plain single process**: ``python train.py``. No launcher variable is set,
+   ``detect_environment()`` returns ``None``, no process group is created and
+   ``is_distributed()`` is ``False``. :func:`launch` with ``num_processes=1`` does the same: it
+   calls ``main_fn`` in the current process.
+2. **torchrun**: ``torchrun --nproc_per_node N train.py`` starts ``N`` processes on this machine
+   and sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``GROUP_RANK`` (the
+   node's rank), ``MASTER_ADDR`` and ``MASTER_PORT`` in each. On several machines, run on every
+   node ``torchrun --nnodes 2 --nproc_per_node N --node_rank R --master_addr HOST
+   --master_port PORT train.py`` (static rendezvous, ``R`` = 0 on the node that is ``HOST``), or
+   ``torchrun --nnodes 2 --nproc_per_node N --rdzv_backend c10d --rdzv_endpoint HOST:PORT
+   --rdzv_id JOB train.py`` (dynamic rendezvous: torchrun assigns the node ranks).
+   Single-machine runs without torchrun use :func:`launch`, which spawns the processes itself on a
+   free port.
+3. **Slurm**: ``srun --ntasks-per-node N python train.py`` inside an allocation, one task per
+   GPU. Slurm sets ``SLURM_PROCID`` (rank), ``SLURM_LOCALID``, ``SLURM_NTASKS``, the tasks per
+   node, ``SLURM_NODEID`` and the job's node list; the first host of the (possibly compressed)
+   node list is the master address, and the master port is derived from ``SLURM_JOB_ID`` unless
+   ``MASTER_PORT`` is set. (``srun ... torchrun ...`` also works: torchrun's variables take
+   precedence over Slurm's.)
+
+**When a process dies.** torch itself does not notice a dead peer: the others block in their
+next collective (or in ``init_process_group``'s rendezvous) until the process group's timeout
+runs out. With gloo the blocked collective then raises an error (often sooner, when the dead
+peer's TCP connection is seen closed); with NCCL a watchdog thread compares each collective with
+the timeout and, under the default ``TORCH_NCCL_ASYNC_ERROR_HANDLING``, aborts the communicator
+and terminates the process. torch's defaults are 30 minutes for gloo and 10 minutes for NCCL;
+:func:`init_distributed` takes ``timeout_s`` explicitly so that a job fails with a clear error
+instead of hanging. torchrun's agent watches its local workers: when one exits with an error it
+terminates the others on that node (SIGTERM, then SIGKILL) and either restarts the whole group
+(``--max-restarts``) or exits, reporting the failed rank and exit code (``ChildFailedError``);
+workers on *other* nodes learn of it only through the rendezvous or, failing that, the timeout.
+:func:`launch` does the same on one machine: when a child fails it terminates the others and
+raises :class:`WorkerError` in the parent with the child's rank and traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import re
+import socket
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+__all__ = [
+    "DistributedInfo",
+    "WorkerError",
+    "detect_environment",
+    "expand_hostlist",
+    "init_distributed",
+    "is_distributed",
+    "launch",
+    "parse_tasks_per_node",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 1800.0
+_DEFAULT_PORT = 29500  # torch's own default MASTER_PORT
+# Slurm master ports without MASTER_PORT: 12000 + job id % 20000, below Linux' ephemeral range.
+_SLURM_PORT_BASE, _SLURM_PORT_SPAN = 12000, 20000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistributedInfo:
+    """Where this process sits in a multi-process job.
+
+    Attributes:
+        rank: global rank in ``[0, world_size)``.
+        local_rank: rank on this machine in ``[0, local_world_size)``; selects the GPU.
+        world_size: number of processes in the job.
+        local_world_size: number of processes on this machine.
+        node_rank: rank of this machine among the job's machines.
+        master_addr: host of rank 0, where the rendezvous store listens.
+        master_port: TCP port of that store.
+        backend: ``"nccl"``, ``"gloo"``, ... or ``"auto"`` (resolved by :func:`init_distributed`).
+    """
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        fn = "DistributedInfo"
+        for name in ("rank", "local_rank", "world_size", "local_world_size", "node_rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{fn}: `{name}` must be an int, got {value!r}")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(
+                f"{fn}: need 0 <= rank < world_size, got rank {self.rank}, "
+                f"world_size {self.world_size}"
+            )
+        if not 1 <= self.local_world_size <= self.world_size:
+            raise ValueError(
+                f"{fn}: need 1 <= local_world_size <= world_size, got {self.local_world_size} "
+                f"and {self.world_size}"
+            )
+        if not 0 <= self.local_rank < self.local_world_size:
+            raise ValueError(
+                f"{fn}: need 0 <= local_rank < local_world_size, got local_rank "
+                f"{self.local_rank}, local_world_size {self.local_world_size}"
+            )
+        if self.node_rank < 0:
+            raise ValueError(f"{fn}: `node_rank` must be >= 0, got {self.node_rank}")
+        if not self.master_addr:
+            raise ValueError(f"{fn}: `master_addr` must be a non-empty host name")
+        if not 1 <= self.master_port <= 65535:
+            raise ValueError(f"{fn}: `master_port` must be in [1, 65535], got {self.master_port}")
+
+
+class WorkerError(RuntimeError):
+    """A process started by :func:`launch` failed.
+
+    Attributes:
+        rank: global rank of the failed process.
+        pid: its process id.
+        exit_code: its exit code when it died without a Python exception (killed by a signal or
+            ``os._exit``), else ``None``.
+        child_traceback: the formatted traceback of the child's exception, or ``""``.
+    """
+
+    def __init__(
+        self, message: str, *, rank: int, pid: int, exit_code: int | None, child_traceback: str
+    ) -> None:
+        super().__init__(message)
+        self.rank, self.pid = rank, pid
+        self.exit_code, self.child_traceback = exit_code, child_traceback
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    """``env[name]`` as an int; ``default`` when unset (an error when there is none)."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        if default is None:
+            raise ValueError(f"detect_environment: environment variable {name} is not set")
+        return default
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(
+            f"detect_environment: environment variable {name}={raw!r} is not an integer"
+        ) from None
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Expand a Slurm compressed host list.
+
+    ``"node[01-03,07],gpu5"`` gives ``["node01", "node02", "node03", "node07", "gpu5"]``. A
+    range keeps the zero padding of its start; several bracket groups in one name expand to their
+    product (``"r[1-2]n[1-2]"`` gives ``r1n1, r1n2, r2n1, r2n2``).
+
+    Args:
+        hostlist: comma-separated host names, each with optional ``[a-b,c,...]`` groups.
+
+    Returns:
+        list[str]: the host names, in order.
+
+    Raises:
+        ValueError: on unbalanced brackets, an empty name or a malformed range.
+    """
+    hosts: list[str] = []
+    for token in _split_top_level(hostlist):
+        parts = re.split(r"(\[[^\[\]]*\])", token)
+        if any(c in p for p in parts[::2] for c in "[]") or token == "":
+            raise ValueError(f"expand_hostlist: malformed host name {token!r} in {hostlist!r}")
+        names = [""]
+        for i, part in enumerate(parts):
+            options = _expand_group(part[1:-1], hostlist) if i % 2 else [part]
+            names = [n + o for n in names for o in options]
+        hosts += names
+    return hosts
+
+
+def _split_top_level(hostlist: str) -> list[str]:
+    """Split ``hostlist`` at the commas outside brackets."""
+    tokens, depth, start = [], 0, 0
+    for i, c in enumerate(hostlist):
+        depth += {"[": 1, "]": -1}.get(c, 0)
+        if depth not in (0, 1):
+            raise ValueError(f"expand_hostlist: unbalanced brackets in {hostlist!r}")
+        if c == "," and depth == 0:
+            tokens.append(hostlist[start:i].strip())
+            start = i + 1
+    if depth != 0:
+        raise ValueError(f"expand_hostlist: unbalanced brackets in {hostlist!r}")
+    tokens.append(hostlist[start:].strip())
+    return tokens
+
+
+def _expand_group(group: str, hostlist: str) -> list[str]:
+    """``"01-03,07"`` -> ``["01", "02", "03", "07"]``."""
+    out: list[str] = []
+    for item in group.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", item)
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise ValueError(f"expand_hostlist: bad range {item!r} in {hostlist!r}")
+        lo, hi = m.group(1), m.group(2) or m.group(1)
+        out += [str(v).zfill(len(lo)) for v in range(int(lo), int(hi) + 1)]
+    return out
+
+
+def parse_tasks_per_node(value: str) -> list[int]:
+    """Expand Slurm's tasks-per-node format: ``"4(x2),3"`` gives ``[4, 4, 3]`` (one per node).
+
+    Args:
+        value: comma-separated counts, each optionally followed by ``(xR)`` for ``R`` nodes.
+
+    Returns:
+        list[int]: the number of tasks of every node, in node order.
+    """
+    counts: list[int] = []
+    for item in value.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
+        if m is None:
+            raise ValueError(f"parse_tasks_per_node: malformed entry {item!r} in {value!r}")
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    return counts
+
+
+def detect_environment(env: Mapping[str, str] = os.environ) -> DistributedInfo | None:
+    """Read the launcher's environment variables: torchrun's first, then Slurm's.
+
+    torchrun (and ``torch.distributed.launch``, and job operators that set the same variables)
+    is recognised by ``RANK`` and ``WORLD_SIZE``. Missing optional variables default to:
+    ``LOCAL_RANK`` 0, ``LOCAL_WORLD_SIZE`` 1, ``GROUP_RANK`` ``rank // local_world_size``;
+    ``MASTER_ADDR``/``MASTER_PORT`` ``127.0.0.1``/29500 when all processes are on this machine
+    (required otherwise). Slurm is recognised by ``SLURM_PROCID`` (set by ``srun`` for each task):
+    see the module docstring; ``MASTER_ADDR``/``MASTER_PORT`` override the derived values.
+
+    Args:
+        env: the environment to read (default ``os.environ``).
+
+    Returns:
+        DistributedInfo | None: ``None`` when no launcher variable is set (a plain single
+        process); ``backend`` is ``"auto"``.
+
+    Raises:
+        ValueError: naming the variable when one is malformed, missing or inconsistent.
+    """
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return _from_torchrun(env)
+    if "SLURM_PROCID" in env:
+        return _from_slurm(env)
+    return None
+
+
+def _from_torchrun(env: Mapping[str, str]) -> DistributedInfo:
+    rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
+    local_world = _env_int(env, "LOCAL_WORLD_SIZE", 1)
+    single_node = local_world == world
+    default_port = _DEFAULT_PORT if single_node else None
+    addr = env.get("MASTER_ADDR") or ("127.0.0.1" if single_node else None)
+    if addr is None:
+        raise ValueError(
+            f"detect_environment: MASTER_ADDR is not set but WORLD_SIZE={world} processes "
+            f"span several machines (LOCAL_WORLD_SIZE={local_world})"
+        )
+    return _checked_info(
+        env,
+        rank=rank,
+        local_rank=_env_int(env, "LOCAL_RANK", 0),
+        world_size=world,
+        local_world_size=local_world,
+        node_rank=_env_int(env, "GROUP_RANK", rank // max(local_world, 1)),
+        master_addr=addr,
+        master_port=_env_int(env, "MASTER_PORT", default_port),
+    )
+
+
+def _from_slurm(env: Mapping[str, str]) -> DistributedInfo:
+    rank = _env_int(env, "SLURM_PROCID")
+    world = _env_int(env, "SLURM_NTASKS", _env_int(env, "SLURM_NPROCS", 1))
+    node = _env_int(env, "SLURM_NODEID", 0)
+    for name in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"):
+        if env.get(name):
+            per_node = parse_tasks_per_node(env[name])
+            if name == "SLURM_NTASKS_PER_NODE":
+                local_world = per_node[0]
+            elif node < len(per_node):
+                local_world = per_node[node]
+            else:
+                raise ValueError(
+                    f"detect_environment: {name}={env[name]!r} lists {len(per_node)} nodes "
+                    f"but SLURM_NODEID={node}"
+                )
+            break
+    else:
+        local_world = world
+    addr = env.get("MASTER_ADDR")
+    if not addr:
+        for name in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+            if env.get(name):
+                addr = expand_hostlist(env[name])[0]
+                break
+        else:
+            addr = "127.0.0.1"
+    port = _DEFAULT_PORT
+    if env.get("SLURM_JOB_ID"):
+        port = _SLURM_PORT_BASE + _env_int(env, "SLURM_JOB_ID") % _SLURM_PORT_SPAN
+    return _checked_info(
+        env,
+        rank=rank,
+        local_rank=_env_int(env, "SLURM_LOCALID", 0),
+        world_size=world,
+        local_world_size=local_world,
+        node_rank=node,
+        master_addr=addr,
+        master_port=_env_int(env, "MASTER_PORT", port),
+    )
+
+
+def _checked_info(env: Mapping[str, str], **fields: Any) -> DistributedInfo:
+    """Build the info, turning its consistency errors into errors about the environment."""
+    try:
+        return DistributedInfo(**fields)
+    except ValueError as e:
+        names = [k for k in env if k.startswith(("SLURM_", "RANK", "LOCAL_", "WORLD_", "GROUP_"))]
+        shown = ", ".join(f"{k}={env[k]}" for k in sorted(names))
+        raise ValueError(
+            f"detect_environment: inconsistent launcher variables ({e}): {shown}"
+        ) from e
+
+
+# ----------------------------------------------------------------------------- process group
+
+
+def is_distributed() -> bool:
+    """Whether the default process group is initialised with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _resolve_backend(backend: str, info: DistributedInfo) -> str:
+    """``backend``, else ``info.backend``, else NCCL with CUDA (and NCCL built) or gloo."""
+    for choice in (backend, info.backend):
+        if not isinstance(choice, str) or not choice:
+            raise TypeError(f"init_distributed: backend must be a non-empty str, got {choice!r}")
+        if choice != "auto":
+            return choice
+    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
+def init_distributed(
+    info: DistributedInfo,
+    *,
+    backend: str = "auto",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    init_method: str | None = None,
+) -> DistributedInfo:
+    """Join the default process group described by ``info``.
+
+    With CUDA the current device is set to ``cuda:{local_rank}`` first (required for NCCL). The
+    timeout bounds the rendezvous (all ``world_size`` processes must join within it) and every
+    later collective, so a dead peer gives an error, not a hang (see the module docstring).
+
+    Args:
+        info: this process's place, e.g. from :func:`detect_environment`.
+        backend: ``"auto"`` (use ``info.backend`` unless that is ``"auto"`` too, then ``"nccl"``
+            when CUDA is available, else ``"gloo"``), or a backend name.
+        timeout_s: seconds before a rendezvous or collective is declared failed.
+        init_method: rendezvous URL (``"tcp://host:port"``, ``"file:///path"``); default
+            ``tcp://{master_addr}:{master_port}``.
+
+    Returns:
+        DistributedInfo: ``info`` with ``backend`` resolved.
+
+    Raises:
+        RuntimeError: when torch.distributed is unavailable, a group already exists, or the
+            rendezvous fails (the message names the rank, the URL and the timeout).
+    """
+    fn = "init_distributed"
+    if not isinstance(info, DistributedInfo):
+        raise TypeError(f"{fn}: `info` must be a DistributedInfo, got {type(info).__name__}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+        raise ValueError(f"{fn}: `timeout_s` must be a positive number, got {timeout_s!r}")
+    if not dist.is_available():
+        raise RuntimeError(f"{fn}: this torch build has no torch.distributed support")
+    if dist.is_initialized():
+        raise RuntimeError(f"{fn}: the default process group is already initialised")
+    chosen = _resolve_backend(backend, info)
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if info.local_rank < count:
+            torch.cuda.set_device(info.local_rank)
+        elif chosen == "nccl":
+            raise ValueError(
+                f"{fn}: local_rank {info.local_rank} has no GPU (this machine has {count}); "
+                "start at most one process per GPU"
+            )
+    host = f"[{info.master_addr}]" if ":" in info.master_addr else info.master_addr
+    url = init_method or f"tcp://{host}:{info.master_port}"
+    try:
+        dist.init_process_group(
+            backend=chosen,
+            init_method=url,
+            rank=info.rank,
+            world_size=info.world_size,
+            timeout=timedelta(seconds=float(timeout_s)),
+        )
+    except Exception as e:
+        raise RuntimeError(
+            f"{fn}: rank {info.rank} of {info.world_size} could not join the {chosen} process "
+            f"group at {url} within {timeout_s} s: {e}. Check that every process started and "
+            "that the master address and port are reachable from every node."
+        ) from e
+    logger.info("rank %d/%d joined the %s process group", info.rank, info.world_size, chosen)
+    return dataclasses.replace(info, backend=chosen)
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+def _free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(
+    local_rank: int,
+    main_fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    info: DistributedInfo,
+    timeout_s: float,
+    result_dir: str,
+) -> None:
+    """Body of each spawned process: join the group, run ``main_fn``, save its return value."""
+    info = dataclasses.replace(info, rank=local_rank, local_rank=local_rank)
+    os.environ.update(
+        RANK=str(info.rank),
+        LOCAL_RANK=str(info.local_rank),
+        WORLD_SIZE=str(info.world_size),
+        LOCAL_WORLD_SIZE=str(info.local_world_size),
+        GROUP_RANK="0",
+        MASTER_ADDR=info.master_addr,
+        MASTER_PORT=str(info.master_port),
+    )
+    init_distributed(info, timeout_s=timeout_s)
+    try:
+        result = main_fn(*args)
+        torch.save(result, Path(result_dir) / f"result_{info.rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(
+    main_fn: Callable[..., Any],
+    *,
+    num_processes: int,
+    args: Sequence[Any] = (),
+    backend: str = "auto",
+    master_port: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[Any]:
+    """Run ``main_fn(*args)`` in ``num_processes`` processes on this machine, as one job.
+
+    Each process joins a process group (rank = local rank, master ``127.0.0.1``), then calls
+    ``main_fn``. Processes are started with the ``spawn`` method, so ``main_fn`` and ``args``
+    must be picklable (``main_fn`` a module-level function) and the calling script must guard
+    its entry point with ``if __name__ == "__main__":``. With ``num_processes=1`` ``main_fn``
+    runs in this process, without a process group.
+
+    Args:
+        main_fn: the program of every process.
+        num_processes: number of processes (usually one per GPU).
+        args: positional arguments of ``main_fn``.
+        backend: process-group backend; ``"auto"`` is NCCL with CUDA, else gloo.
+        master_port: rendezvous port; default a free port.
+        timeout_s: timeout of the rendezvous and of every collective.
+
+    Returns:
+        list: ``main_fn``'s return value in each process, by rank (returned values travel
+        through ``torch.save``, so they must be picklable).
+
+    Raises:
+        WorkerError: when a process fails; the message names its rank and holds its traceback.
+            The other processes are terminated.
+    """
+    fn = "launch"
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"{fn}: `num_processes` must be a positive int, got {num_processes!r}")
+    if not callable(main_fn):
+        raise TypeError(f"{fn}: `main_fn` must be callable, got {type(main_fn).__name__}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+        raise ValueError(f"{fn}: `timeout_s` must be a positive number, got {timeout_s!r}")
+    if num_processes == 1:
+        return [main_fn(*args)]
+    if dist.is_available() and dist.is_initialized():
+        raise RuntimeError(f"{fn}: called inside an initialised process group")
+    try:
+        pickle.dumps((main_fn, tuple(args)))
+    except Exception as e:
+        raise TypeError(
+            f"{fn}: `main_fn` and `args` must be picklable to reach the spawned processes "
+            f"(use a module-level function): {e}"
+        ) from e
+    port = _free_port() if master_port is None else master_port
+    info = DistributedInfo(
+        rank=0,
+        local_rank=0,
+        world_size=num_processes,
+        local_world_size=num_processes,
+        node_rank=0,
+        master_addr="127.0.0.1",
+        master_port=port,
+        backend=backend,
+    )
+    return _spawn(main_fn, tuple(args), info, timeout_s)
+
+
+def _spawn(
+    main_fn: Callable[..., Any], args: tuple[Any, ...], info: DistributedInfo, timeout_s: float
+) -> list[Any]:
+    """Spawn ``info.world_size`` workers, turn a failure into :class:`WorkerError`, collect."""
+    fn = "launch"
+    num_processes = info.world_size
+    with tempfile.TemporaryDirectory(prefix="detforge_launch_") as tmp:
+        try:
+            mp.spawn(
+                _worker,
+                args=(main_fn, args, info, timeout_s, tmp),
+                nprocs=num_processes,
+                join=True,
+            )
+        except mp.ProcessRaisedException as e:
+            tb = e.msg.split("following error:\n", 1)[-1]
+            raise WorkerError(
+                f"{fn}: process rank {e.error_index} (pid {e.error_pid}) failed:\n{tb}",
+                rank=e.error_index,
+                pid=e.error_pid,
+                exit_code=None,
+                child_traceback=tb,
+            ) from None
+        except mp.ProcessExitedException as e:
+            raise WorkerError(
+                f"{fn}: process rank {e.error_index} (pid {e.error_pid}) died: {e.msg}",
+                rank=e.error_index,
+                pid=e.error_pid,
+                exit_code=e.exit_code,
+                child_traceback="",
+            ) from None
+        return [
+            torch.load(Path(tmp) / f"result_{r}.pt", weights_only=False)
+            for r in range(num_processes)
+        ]
