@@ -1,5 +1,5 @@
 # Two commands for a fresh machine that has python3 and pip:
-#   make demo   set up .venv, then run the main job
+#   make demo   set up .venv, then run the quickstart (train, evaluate, draw on synthetic data)
 #   make test   set up .venv, then lint, type-check and run the test suite
 # Setup is idempotent: once .venv is installed and pyproject.toml unchanged, it takes seconds.
 
@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.detforge-setup
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo demo-ops test lint bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: $(STAMP)
+	$(VPY) -m detforge.quickstart
+
+demo-ops: $(STAMP)
 	$(VPY) -m detforge.demo
 
 lint: $(STAMP)

@@ -27,6 +27,7 @@ from detforge.ops.paste_masks import paste_masks_in_image
 from detforge.ops.poolers import MultiLevelRoIPooler
 from detforge.structures.boxes import box_iou, clip_boxes
 from detforge.structures.masks import PolygonMasks
+from detforge.utils.visualizer import draw_instances
 
 logger = logging.getLogger("detforge.demo")
 
@@ -147,29 +148,12 @@ def run(out_dir: Path, seed: int) -> dict[str, float]:
 
 def _draw(image: Image.Image, boxes, classes, masks: torch.Tensor, path: Path) -> None:
     """Write the image with the pasted masks tinted and the detections boxed and named."""
-    canvas = np.asarray(image, dtype=np.float32).copy()
-    for m in masks:
-        # Tint each pasted mask and outline it, so that it shows against the shape it covers.
-        inside = m.numpy()
-        edge = inside & ~_erode(inside)
-        canvas[inside] = 0.55 * canvas[inside] + 0.45 * np.array([255.0, 240.0, 120.0])
-        canvas[edge] = (20, 20, 20)
-    out = Image.fromarray(np.uint8(canvas))
-    draw = ImageDraw.Draw(out)
-    for b, c in zip(boxes.tolist(), classes.tolist(), strict=True):
-        draw.rectangle(b, outline=(255, 255, 0), width=2)
-        draw.text((b[0] + 3, b[1] + 2), CLASSES[c], fill=(255, 255, 0))
+    drawn = draw_instances(
+        np.asarray(image), boxes.numpy(), classes.tolist(), class_names=CLASSES,
+        masks=masks.numpy(), colors=COLOURS,
+    )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    out.save(path)
-
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    out = mask.copy()
-    out[1:] &= mask[:-1]
-    out[:-1] &= mask[1:]
-    out[:, 1:] &= mask[:, :-1]
-    out[:, :-1] &= mask[:, 1:]
-    return out
+    Image.fromarray(drawn).save(path)
 
 
 def main() -> None:

@@ -1,0 +1,227 @@
+"""A complete training run from a model and records: what the CLI and the quickstart call.
+
+``train_detector`` wires the pieces of the engine together (optimizer with parameter groups,
+warmup + schedule, the data loader at the right position, the trainer and its hooks:
+checkpoints, metrics, progress, evaluation, EMA) from a :class:`TrainSettings`, and resumes a
+killed run from its last checkpoint when ``settings.resume`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from detforge.data.loader import Mapper, RecordSource, build_test_loader, build_train_loader
+from detforge.engine.checkpointer import Checkpointer
+from detforge.engine.hooks import (
+    EMAHook,
+    EvalHook,
+    MetricsWriter,
+    ModelEMA,
+    PeriodicCheckpointer,
+    ProgressLogger,
+)
+from detforge.engine.train_loop import HookBase, Trainer
+from detforge.evaluation.coco_eval import COCOEvaluator
+from detforge.evaluation.evaluator import inference_on_dataset
+from detforge.solver.lr_schedule import (
+    CosineSchedule,
+    MultiStepSchedule,
+    PolySchedule,
+    WarmupSchedule,
+    scale_for_batch_size,
+)
+from detforge.solver.param_groups import param_groups
+
+__all__ = ["TrainSettings", "build_optimizer", "evaluate_coco", "train_detector"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Everything about a training run that is not the model or the data.
+
+    ``steps`` are iterations; values below 1 are fractions of ``max_iter``. When
+    ``reference_batch_size`` is set and differs from ``batch_size``, the linear scaling rule
+    adjusts ``base_lr``, ``max_iter``, ``steps`` and ``warmup_iters``.
+    """
+
+    output_dir: str = "output"
+    max_iter: int = 1000
+    batch_size: int = 4
+    reference_batch_size: int | None = None
+    optimizer: Literal["SGD", "AdamW"] = "SGD"
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    bias_lr_factor: float = 1.0
+    schedule: Literal["multistep", "cosine", "poly"] = "multistep"
+    steps: tuple[float, ...] = (0.75, 0.9)
+    gamma: float = 0.1
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    warmup_method: Literal["linear", "constant"] = "linear"
+    iter_size: int = 1
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    checkpoint_period: int = 500
+    keep_last: int = 3
+    eval_period: int = 0
+    log_period: int = 20
+    num_workers: int = 2
+    seed: int = 0
+    resume: bool = False
+    deterministic: bool = False
+    strict_data: bool = False
+
+    def scaled(self) -> TrainSettings:
+        """These settings after the linear scaling rule (a copy; unchanged without a reference)."""
+        if self.reference_batch_size in (None, self.batch_size):
+            return self
+        steps = [s * self.max_iter if s < 1 else s for s in self.steps]
+        out = scale_for_batch_size(
+            base_lr=self.base_lr,
+            max_iter=self.max_iter,
+            steps=[int(s) for s in steps],
+            warmup_iters=self.warmup_iters,
+            reference_batch_size=int(self.reference_batch_size or self.batch_size),
+            batch_size=self.batch_size,
+        )
+        fields = {**asdict(self), **out, "reference_batch_size": None}
+        fields["steps"] = tuple(fields["steps"])
+        return TrainSettings(**fields)
+
+    def lr_schedule(self) -> WarmupSchedule:
+        """The warmup + decay schedule these settings describe."""
+        main: object
+        if self.schedule == "cosine":
+            main = CosineSchedule(self.max_iter)
+        elif self.schedule == "poly":
+            main = PolySchedule(self.max_iter)
+        else:
+            steps = sorted(int(s * self.max_iter) if s < 1 else int(s) for s in self.steps)
+            main = MultiStepSchedule(steps, self.gamma)
+        return WarmupSchedule(
+            main, self.warmup_iters, self.warmup_factor, method=self.warmup_method
+        )
+
+
+def build_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over :func:`param_groups`."""
+    groups = param_groups(
+        model,
+        base_lr=s.base_lr,
+        weight_decay=s.weight_decay,
+        weight_decay_norm=s.weight_decay_norm,
+        bias_lr_factor=s.bias_lr_factor,
+    )
+    if s.optimizer == "AdamW":
+        return torch.optim.AdamW(groups, lr=s.base_lr)
+    if s.optimizer != "SGD":
+        raise ValueError(f"TrainSettings.optimizer must be 'SGD' or 'AdamW', got {s.optimizer!r}")
+    return torch.optim.SGD(groups, lr=s.base_lr, momentum=s.momentum, nesterov=s.nesterov)
+
+
+def evaluate_coco(
+    model: nn.Module,
+    records: RecordSource,
+    mapper: Mapper,
+    *,
+    json_file: str | Path | None = None,
+    metadata: Any = None,
+    tasks: Sequence[str] = ("bbox", "segm"),
+    output_dir: str | Path | None = None,
+    num_workers: int = 0,
+) -> dict[str, dict[str, float]]:
+    """COCO AP of ``model`` on ``records`` (ground truth from ``json_file``, or the records)."""
+    evaluator = COCOEvaluator(
+        json_file=json_file,
+        records=None if json_file is not None else [records[i] for i in range(len(records))],
+        metadata=metadata,
+        tasks=tasks,
+        output_dir=output_dir,
+    )
+    loader = build_test_loader(records, mapper, num_workers=num_workers)
+    return inference_on_dataset(model, loader, evaluator)
+
+
+def train_detector(
+    model: nn.Module,
+    records: RecordSource,
+    mapper: Mapper,
+    settings: TrainSettings,
+    *,
+    evaluate: Callable[[nn.Module], dict[str, dict[str, float]]] | None = None,
+    metadata: dict[str, Any] | None = None,
+    config_yaml: str | None = None,
+    extra_hooks: Sequence[HookBase] = (),
+) -> Trainer:
+    """Train ``model`` on ``records`` as ``settings`` say; returns the finished trainer.
+
+    Args:
+        model: the detector (moved to no device: place it first).
+        records: training records.
+        mapper: training mapper (``mapper(record, rng) -> model input``).
+        settings: the run's settings.
+        evaluate: ``evaluate(model) -> results`` for periodic and final evaluation.
+        metadata: stored in every checkpoint (class names, ...).
+        config_yaml: the resolved config, stored in every checkpoint.
+        extra_hooks: more hooks, after the standard ones.
+    """
+    s = settings.scaled()
+    out = Path(s.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(s.seed)
+    if s.deterministic:
+        torch.use_deterministic_algorithms(True)
+    optimizer = build_optimizer(model, s)
+    checkpointer = Checkpointer(
+        model, out, keep_last=s.keep_last, metadata=metadata, config_yaml=config_yaml
+    )
+    start = checkpointer.next_iteration() if s.resume else 0
+    loader = build_train_loader(
+        records,
+        mapper,
+        batch_size=s.batch_size,
+        num_workers=s.num_workers,
+        seed=s.seed,
+        start_batch=start * s.iter_size,
+        strict=s.strict_data,
+    )
+    trainer = Trainer(
+        model=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        max_iter=s.max_iter,
+        lr_schedule=s.lr_schedule(),
+        iter_size=s.iter_size,
+        amp=s.amp,
+        grad_clip=s.grad_clip,
+    )
+    checkpointer.trainer = trainer
+    if s.resume and start > 0:
+        checkpointer.resume()
+    writer = MetricsWriter(out, period=s.log_period)
+    hooks: list[HookBase] = [PeriodicCheckpointer(checkpointer, s.checkpoint_period), writer]
+    if s.ema_decay is not None:
+        hooks.append(EMAHook(ModelEMA(model, s.ema_decay), checkpointer))
+    hooks.append(ProgressLogger(period=s.log_period))
+    if evaluate is not None:
+        hooks.append(
+            EvalHook(
+                s.eval_period, lambda: evaluate(model), checkpointer=checkpointer, writer=writer
+            )
+        )
+    trainer.register_hooks([*hooks, *extra_hooks])
+    trainer.train()
+    return trainer
