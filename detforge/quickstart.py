@@ -71,7 +71,7 @@ def _draw_predictions(model: torch.nn.Module, records: list[dict], mapper, out: 
     return out
 
 
-def run(output: Path, *, max_iter: int = 1200, resume: bool = False, num_workers: int = 1) -> dict:
+def run(output: Path, *, max_iter: int = 900, resume: bool = False, num_workers: int = 1) -> dict:
     """Run the quickstart; returns the final evaluation results."""
     start = time.perf_counter()
     paths = generate_synthetic_coco(output / "data", DATA_SPEC)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("output/quickstart"))
-    parser.add_argument("--max-iter", type=int, default=1200)
+    parser.add_argument("--max-iter", type=int, default=900)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue a killed run")
     args = parser.parse_args(argv)

@@ -16,13 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from detforge.ops.roi_align import roi_align
+from detforge.ops.roi_crop import roi_crop
 from detforge.ops.roi_pool import roi_pool
 from detforge.utils.checks import as_tuple2, check_boxes
 
 __all__ = ["MultiLevelRoIPooler", "PoolerType", "assign_boxes_to_levels", "boxes_to_rois"]
 
-PoolerType = Literal["roi_align", "roi_align_v2", "roi_pool"]
-_POOLER_TYPES = ("roi_align", "roi_align_v2", "roi_pool")
+PoolerType = Literal["roi_align", "roi_align_v2", "roi_pool", "roi_crop"]
+_POOLER_TYPES = ("roi_align", "roi_align_v2", "roi_pool", "roi_crop")
 
 
 def assign_boxes_to_levels(
@@ -87,7 +88,8 @@ class MultiLevelRoIPooler(nn.Module):
             (``1 / stride``), e.g. ``(1/4, 1/8, 1/16, 1/32)`` for P2-P5.
         pooler_type: ``"roi_align_v2"`` (RoIAlign with ``aligned=True``: the half-pixel-correct
             one, detectron2's ``ROIAlignV2``), ``"roi_align"`` (legacy ``aligned=False``, as in
-            Detectron and the original Mask R-CNN), or ``"roi_pool"`` (max pooling, Fast R-CNN).
+            Detectron and the original Mask R-CNN), ``"roi_pool"`` (max pooling, Fast R-CNN), or
+            ``"roi_crop"`` (bilinear crop then 2x2 max pool, faster-rcnn.pytorch's crop mode).
         sampling_ratio: RoIAlign samples per bin side; ``<= 0`` is adaptive.
         canonical_box_size: see :func:`assign_boxes_to_levels`.
         canonical_level: see :func:`assign_boxes_to_levels`.
@@ -133,6 +135,8 @@ class MultiLevelRoIPooler(nn.Module):
     def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         if self.pooler_type == "roi_pool":
             return roi_pool(feature, rois, self.output_size, spatial_scale=scale)
+        if self.pooler_type == "roi_crop":
+            return roi_crop(feature, rois, self.output_size, spatial_scale=scale)
         return roi_align(
             feature,
             rois,

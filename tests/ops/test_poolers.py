@@ -3,6 +3,7 @@ import torch
 
 from detforge.ops.poolers import MultiLevelRoIPooler, assign_boxes_to_levels, boxes_to_rois
 from detforge.ops.roi_align import roi_align
+from detforge.ops.roi_crop import roi_crop
 from detforge.ops.roi_pool import roi_pool
 
 
@@ -37,7 +38,7 @@ def _boxes() -> list[torch.Tensor]:
     return [b0.double(), b1.double()]
 
 
-@pytest.mark.parametrize("kind", ["roi_align_v2", "roi_align", "roi_pool"])
+@pytest.mark.parametrize("kind", ["roi_align_v2", "roi_align", "roi_pool", "roi_crop"])
 def test_pooler_matches_per_level_op(kind):
     feats, boxes = _pyramid(), _boxes()
     scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
@@ -51,6 +52,8 @@ def test_pooler_matches_per_level_op(kind):
         lv = int(levels[i])
         if kind == "roi_pool":
             want = roi_pool(feats[lv], rois[i : i + 1], (7, 5), spatial_scale=scales[lv])
+        elif kind == "roi_crop":
+            want = roi_crop(feats[lv], rois[i : i + 1], (7, 5), spatial_scale=scales[lv])
         else:
             want = roi_align(
                 feats[lv],
@@ -87,7 +90,7 @@ def test_errors():
     with pytest.raises(ValueError, match="consecutive"):
         MultiLevelRoIPooler(7, (1 / 4, 1 / 16))
     with pytest.raises(ValueError, match="pooler_type"):
-        MultiLevelRoIPooler(7, (1 / 4,), pooler_type="roi_crop")  # type: ignore[arg-type]
+        MultiLevelRoIPooler(7, (1 / 4,), pooler_type="roi_foo")  # type: ignore[arg-type]
     pooler = MultiLevelRoIPooler(7, (1 / 4, 1 / 8))
     feats = _pyramid()[:2]
     with pytest.raises(ValueError, match="3 feature maps given but 2 scales"):
