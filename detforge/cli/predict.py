@@ -1,0 +1,189 @@
+"""``detforge predict``: run a checkpoint on an image, a folder of images or a video.
+
+Writes one drawn image per input image (or per video frame, ``<video stem>_<frame>.jpg``) and one
+``predictions.json``: a list with, per image, ``file`` (and ``frame`` for videos),
+``image_size`` ``[H, W]``, ``boxes`` (xyxy, absolute pixels of the original image), ``scores``,
+``labels``, ``class_names`` and, for mask models, ``masks`` as COCO compressed RLE. Only
+detections scoring at least ``--score-threshold`` are kept.
+
+Videos are decoded with ``imageio``, ``av`` (PyAV) or ``cv2`` (OpenCV), whichever is installed
+first in that order; detforge depends on none of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from detforge.cli.datasets import CLIError
+from detforge.cli.evaluate import CheckpointInfo, model_from_checkpoint
+from detforge.data.augmentation import ResizeShortestEdge
+from detforge.data.errors import DataError
+from detforge.data.mapper import read_image
+from detforge.structures.instances import Instances
+from detforge.structures.masks import rle_encode
+from detforge.utils.visualizer import draw_instances
+
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "add_parser", "predict_image", "run"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+_DECODERS = ("imageio", "av", "cv2")
+
+
+def predict_image(model: nn.Module, image: np.ndarray, info: CheckpointInfo) -> Instances:
+    """Detections of ``model`` on one image, in the image's own coordinates.
+
+    Args:
+        model: the detector, in eval mode.
+        image: ``uint8 [H, W, 3]`` RGB.
+        info: the checkpoint's test resize and channel order.
+
+    Returns:
+        Instances with ``boxes`` (Tensor[N, 4], xyxy pixels of ``image``), ``scores``,
+        ``labels`` and, for mask models, ``masks`` (Tensor[N, H, W] bool), on the CPU.
+    """
+    resize = ResizeShortestEdge((info.min_size,), max_size=info.max_size, sample_style="choice")
+    resized = resize.get_transform(image, np.random.default_rng(0)).apply_image(image)
+    if info.input_format == "BGR":
+        resized = resized[..., ::-1]
+    x = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)  # [3, H', W'] uint8
+    with torch.no_grad():
+        det = model([x], original_sizes=[image.shape[:2]])[0]
+    return det.to(torch.device("cpu"))
+
+
+def _video_frames(path: Path) -> Iterator[np.ndarray]:
+    """RGB ``uint8 [H, W, 3]`` frames of a video, with the first decoder that is installed."""
+    found = [m for m in _DECODERS if importlib.util.find_spec(m) is not None]
+    if found[0] == "imageio":
+        iio = importlib.import_module("imageio.v3")
+        for frame in iio.imiter(str(path)):
+            yield np.asarray(frame)[..., :3]
+    elif found[0] == "av":
+        av = importlib.import_module("av")
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+    else:
+        cv2 = importlib.import_module("cv2")
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            raise CLIError(f"--input {path}: OpenCV cannot open this video")
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                yield np.ascontiguousarray(frame[..., ::-1])  # BGR -> RGB
+        finally:
+            capture.release()
+
+
+def _input_files(path: Path) -> list[Path]:
+    """The images to read (sorted for a folder), or ``[video]``; every input error raised here."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            exts = ", ".join(IMAGE_EXTENSIONS)
+            raise CLIError(f"--input {path}: no images ({exts}) in this folder")
+        return files
+    if not path.exists():
+        raise CLIError(f"--input {path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS and not any(importlib.util.find_spec(m) for m in _DECODERS):
+        raise CLIError(
+            f"--input {path}: reading a video needs a decoder and none of imageio, av, cv2 is "
+            "installed; install one: pip install av (or imageio[pyav], or opencv-python)"
+        )
+    if suffix not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+        known = ", ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+        raise CLIError(f"--input {path}: unsupported file type (known: {known})")
+    return [path]
+
+
+def _images(files: list[Path]) -> Iterator[tuple[dict[str, Any], str, np.ndarray]]:
+    """``(json entry head, output file name, RGB image)`` for every image or video frame."""
+    for file in files:
+        if file.suffix.lower() in VIDEO_EXTENSIONS:
+            for i, frame in enumerate(_video_frames(file)):
+                yield {"file": str(file), "frame": i}, f"{file.stem}_{i:06d}.jpg", frame
+            continue
+        try:
+            image = read_image(str(file))
+        except (OSError, DataError) as e:
+            raise CLIError(f"--input {file}: cannot read the image: {e}") from e
+        yield {"file": str(file)}, file.name, image
+
+
+def _entry(head: dict[str, Any], det: Instances, names: tuple[str, ...]) -> dict[str, Any]:
+    labels = [] if det.labels is None else det.labels.tolist()
+    entry = {
+        **head,
+        "image_size": list(det.image_size),
+        "boxes": [[round(float(v), 2) for v in box] for box in det.boxes.tolist()],
+        "scores": [] if det.scores is None else [round(float(s), 4) for s in det.scores],
+        "labels": labels,
+        "class_names": [names[i] for i in labels],
+    }
+    if isinstance(det.masks, torch.Tensor):
+        entry["masks"] = rle_encode(det.masks > 0.5 if det.masks.is_floating_point() else det.masks)
+    return entry
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``detforge predict`` (see the module docstring)."""
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise CLIError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    files = _input_files(Path(args.input))
+    model, info = model_from_checkpoint(args.weights)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for head, name, image in _images(files):
+        det = predict_image(model, image, info)
+        if det.scores is not None:
+            det = det[det.scores >= args.score_threshold]
+        masks = det.masks.numpy() > 0.5 if isinstance(det.masks, torch.Tensor) else None
+        drawn = draw_instances(
+            image,
+            det.boxes.numpy(),
+            [] if det.labels is None else det.labels.tolist(),
+            class_names=info.class_names,
+            scores=None if det.scores is None else det.scores.tolist(),
+            masks=masks,
+        )
+        Image.fromarray(drawn).save(out / name)
+        results.append(_entry(head, det, info.class_names))
+    (out / "predictions.json").write_text(json.dumps(results))
+    logger.info("predict: %d images, drawings and predictions.json in %s", len(results), out)
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``detforge predict``."""
+    p = subparsers.add_parser(
+        "predict",
+        help="detect objects in images or a video with a checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint to run")
+    p.add_argument("--input", required=True, metavar="PATH", help="image, folder or video")
+    p.add_argument("--output", default="predictions", metavar="DIR", help="output folder")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="minimum score kept")
+    p.set_defaults(func=run)
+    return p

@@ -1,0 +1,341 @@
+"""``detforge train``: train a zoo model (or a LazyConfig's model) on COCO or VOC data.
+
+The number of classes comes from the data. Every :class:`~detforge.engine.recipe.TrainSettings`
+field can be set with a positional ``key=value`` (``max_iter=2000 base_lr=0.01``); unknown keys
+are rejected with the closest names. With ``--config FILE`` the model is the config's ``model``
+(its ``num_classes`` is set from the data); ``key=value`` items naming a ``TrainSettings`` field
+still set the settings and every other item is a dotted config key (``model.fc_dim=512``) applied
+with ``apply_overrides``. Data, output and resize always come from the flags.
+
+The run writes ``OUTPUT/config.yaml`` (the resolved settings, model, dataset flags and class
+names; for ``--config`` runs the resolved LazyConfig with this under its ``run`` key) and
+checkpoints whose metadata let ``detforge eval``/``predict`` rebuild the model from the
+checkpoint alone. ``--resume`` continues the run in ``--output`` from its last checkpoint; the
+saved settings, model and dataset flags are the defaults, so ``detforge train --output DIR
+--resume max_iter=4000`` extends a finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import logging
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import DictConfig
+from torch import nn
+
+from detforge.checkpoint.load import load_weights
+from detforge.cli.datasets import (
+    CLIError,
+    DataSplit,
+    add_data_arguments,
+    data_arguments,
+    load_train_data,
+)
+from detforge.cli.evaluate import CheckpointInfo, build_eval_fn, has_mask_head, test_mapper
+from detforge.data.augmentation import RandomFlip, ResizeShortestEdge
+from detforge.data.mapper import DatasetMapper
+from detforge.engine.checkpointer import Checkpointer
+from detforge.engine.recipe import TrainSettings, train_detector
+
+__all__ = ["add_parser", "parse_settings", "run"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "faster_rcnn_r18_fpn_tiny"
+DEFAULT_MIN_SIZES = (640, 672, 704, 736, 768, 800)  # detectron2's multi-scale training
+DEFAULT_MAX_SIZE = 1333
+_SETTINGS = {f.name: f for f in dataclasses.fields(TrainSettings)}
+_HINTS = typing.get_type_hints(TrainSettings)
+_FROM_FLAGS = {"output_dir": "--output", "resume": "--resume"}
+
+
+def _convert(key: str, value: Any, hint: Any, text: str) -> Any:
+    """``value`` as the type ``hint`` of setting ``key`` (``text``: what the user typed)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    bad = CLIError(f"{key}={text}: expected {getattr(hint, '__name__', hint)}")
+    if origin is Literal:
+        if value not in args:
+            raise CLIError(f"{key}={text}: must be one of {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _convert(key, value, inner, text)
+    if origin is tuple:
+        items = value if isinstance(value, list | tuple) else [value]
+        return tuple(_convert(key, v, args[0], text) for v in items)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    return value if isinstance(value, str) else text
+
+
+def _unknown_setting(key: str) -> CLIError:
+    close = difflib.get_close_matches(key, list(_SETTINGS), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return CLIError(f"unknown setting {key!r}{hint} (TrainSettings fields: {', '.join(_SETTINGS)})")
+
+
+def parse_settings(items: list[str], base: TrainSettings) -> TrainSettings:
+    """Apply ``key=value`` overrides to ``base`` (a copy is returned).
+
+    Values are Python literals (``0.01``, ``[0.7, 0.9]``, ``None``, ``true``) or bare strings,
+    checked against the field's type.
+
+    Raises:
+        CLIError: an item without ``=``, an unknown key (with the closest field names), a value
+            of the wrong type, or a key that a flag sets (``output_dir``, ``resume``).
+    """
+    from detforge.config.lazy import to_py_literal
+
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"expected key=value, got {item!r}")
+        if key in _FROM_FLAGS:
+            raise CLIError(f"{key} is set with {_FROM_FLAGS[key]}, not as key=value")
+        if key not in _SETTINGS:
+            raise _unknown_setting(key)
+        changes[key] = _convert(key, to_py_literal(text), _HINTS[key], text)
+    return dataclasses.replace(base, **changes)
+
+
+def _saved_run(out: Path) -> dict[str, Any]:
+    """The ``run`` description of ``out/config.yaml`` (``{}`` when there is none)."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    run = data.get("run", data) if isinstance(data, dict) else {}
+    return run if isinstance(run, dict) else {}
+
+
+def _restore(args: argparse.Namespace, saved: dict[str, Any]) -> TrainSettings:
+    """Fill the flags the user left out from a saved run; the saved settings as the base."""
+    if args.coco_json is None and args.voc is None:
+        for k, v in (saved.get("dataset") or {}).items():
+            if getattr(args, k, None) is None:
+                setattr(args, k, v)
+    resize = saved.get("resize") or {}
+    args.min_size = args.min_size or resize.get("train_min_sizes")
+    args.max_size = args.max_size or resize.get("max_size")
+    if args.model is None and args.config is None:
+        args.model = saved.get("model")
+        if saved.get("model_from_config"):
+            args.config = str(Path(args.output) / "config.yaml")
+    fields = saved.get("settings") or {}
+    known = {k: v for k, v in fields.items() if k in _SETTINGS and k not in _FROM_FLAGS}
+    return parse_settings([f"{k}={v!r}" for k, v in known.items()], TrainSettings())
+
+
+def _split_items(items: list[str], config: bool) -> tuple[list[str], list[str]]:
+    """``(settings items, config items)``: config items are those not naming a setting."""
+    settings = [i for i in items if i.partition("=")[0].strip() in _SETTINGS]
+    rest = [i for i in items if i not in settings]
+    if rest and not config:
+        key = rest[0].partition("=")[0].strip()
+        if "." in key:
+            raise CLIError(f"{key!r}: dotted config keys need --config FILE")
+        raise _unknown_setting(key)
+    return settings, rest
+
+
+def _config_model(path: str, items: list[str], num_classes: int) -> tuple[nn.Module, DictConfig]:
+    from detforge.config.lazy import LazyConfig, apply_overrides, instantiate
+
+    try:
+        cfg = LazyConfig.load(path)
+        if "model" not in cfg:
+            raise CLIError(f"--config {path} has no `model`")
+        apply_overrides(cfg, [f"model.num_classes={num_classes}", *items])
+    except ValueError as e:
+        raise CLIError(f"--config {path}: {e}") from e
+    return instantiate(cfg.model), cfg
+
+
+def _zoo_model(name: str, num_classes: int) -> nn.Module:
+    from detforge.modeling.zoo import build_model
+
+    try:
+        return build_model(name, num_classes=num_classes)
+    except KeyError as e:
+        raise CLIError(f"--model: {e.args[0]}") from e
+
+
+def _load_finetune_weights(model: nn.Module, path: str) -> None:
+    if not Path(path).is_file():
+        raise CLIError(f"--weights {path}: no such file")
+    try:
+        state = Checkpointer.load(path)["model"]
+        report = load_weights(model, state, adapt_classes=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CLIError(f"--weights {path}: {e}".splitlines()[0]) from e
+    logger.info("fine-tuning from %s: %s", path, report.summary())
+
+
+def _mappers(
+    args: argparse.Namespace, fmt: Literal["RGB", "BGR"], train: DataSplit, masks: bool
+) -> tuple[DatasetMapper, DatasetMapper]:
+    sizes = tuple(int(s) for s in args.min_size)
+    rle = any(
+        isinstance(a.get("segmentation"), dict) for r in train.records for a in r["annotations"]
+    )
+    train_mapper = DatasetMapper(
+        [
+            ResizeShortestEdge(sizes, max_size=int(args.max_size), sample_style="choice"),
+            RandomFlip(),
+        ],
+        is_train=True,
+        image_format=fmt,
+        use_masks=masks,
+        mask_format="bitmask" if rle else "polygon",
+    )
+    info = CheckpointInfo(None, (), fmt, max(sizes), int(args.max_size))
+    return train_mapper, test_mapper(info)
+
+
+def _run_description(
+    args: argparse.Namespace, settings: TrainSettings, train: DataSplit, masks: bool
+) -> dict[str, Any]:
+    plain = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()
+    }
+    return {
+        "model": None if args.config else args.model,
+        "model_from_config": bool(args.config),
+        "config_file": args.config,
+        "weights": args.weights,
+        "masks": masks,
+        "class_names": list(train.metadata.class_names),
+        "dataset": data_arguments(args),
+        "resize": {
+            "train_min_sizes": [int(s) for s in args.min_size],
+            "max_size": int(args.max_size),
+        },
+        "settings": plain,
+    }
+
+
+def _write_config(out: Path, run: dict[str, Any], cfg: DictConfig | None) -> str:
+    """Write ``out/config.yaml``; returns its text (stored in every checkpoint)."""
+    from detforge.config.lazy import LazyConfig
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    if cfg is None:
+        path.write_text(yaml.safe_dump(run, sort_keys=False))
+    else:
+        cfg = cfg.copy()
+        cfg["run"] = run
+        LazyConfig.save(cfg, path)
+    return path.read_text()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``detforge train`` (see the module docstring)."""
+    if args.config is not None and args.model is not None:
+        raise CLIError("give --model or --config, not both")
+    out = Path(args.output)
+    base = _restore(args, _saved_run(out)) if args.resume else TrainSettings()
+    args.model = args.model or (None if args.config else DEFAULT_MODEL)
+    args.min_size = args.min_size or list(DEFAULT_MIN_SIZES)
+    args.max_size = args.max_size or DEFAULT_MAX_SIZE
+    setting_items, config_items = _split_items(args.overrides, config=args.config is not None)
+    settings = parse_settings(setting_items, base)
+    settings = dataclasses.replace(settings, output_dir=str(out), resume=bool(args.resume))
+    train, val = load_train_data(args)
+    k = len(train.metadata.class_names)
+    cfg = None
+    if args.config is not None:
+        model, cfg = _config_model(args.config, config_items, k)
+    else:
+        model = _zoo_model(args.model, k)
+    masks = has_mask_head(model)
+    if masks and not train.has_segmentation:
+        raise CLIError(f"{args.model or args.config} predicts masks; the data has no segmentation")
+    if args.weights is not None:
+        _load_finetune_weights(model, args.weights)
+    fmt: Literal["RGB", "BGR"] = "RGB" if getattr(model, "input_format", "BGR") == "RGB" else "BGR"
+    train_mapper, eval_mapper = _mappers(args, fmt, train, masks)
+    description = _run_description(args, settings, train, masks)
+    config_yaml = _write_config(out, description, cfg)
+    metadata = {
+        "model": description["model"],
+        "model_from_config": description["model_from_config"],
+        "class_names": description["class_names"],
+        "input_format": fmt,
+        "min_size": max(int(s) for s in args.min_size),
+        "max_size": int(args.max_size),
+    }
+    evaluate = None
+    if val is not None:
+        evaluate = build_eval_fn(val, eval_mapper, masks=masks, output_dir=out / "eval")
+    logger.info(
+        "training %s on %d images, %d classes",
+        metadata["model"] or args.config,
+        len(train.records),
+        k,
+    )
+    train_detector(
+        model,
+        train.records,
+        train_mapper,
+        settings,
+        evaluate=evaluate,
+        metadata=metadata,
+        config_yaml=config_yaml,
+    )
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``detforge train``."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a detector on COCO or VOC data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_data_arguments(p)
+    g = p.add_argument_group("model and run")
+    g.add_argument("--model", help=f"zoo model name (default {DEFAULT_MODEL})")
+    g.add_argument("--config", metavar="FILE", help="LazyConfig file with at least `model`")
+    g.add_argument("--output", default="output", help="run folder (default: output)")
+    g.add_argument("--weights", metavar="CKPT", help="fine-tune from these weights")
+    g.add_argument("--resume", action="store_true", help="continue the run in --output")
+    g.add_argument(
+        "--min-size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="training shortest edges, one drawn per image (default 640 ... 800); the largest "
+        "is the test size",
+    )
+    g.add_argument("--max-size", type=int, help="cap on the longest edge (default 1333)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="TrainSettings fields, e.g. max_iter=2000 base_lr=0.01 batch_size=2",
+    )
+    p.set_defaults(func=run)
+    return p
