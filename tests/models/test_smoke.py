@@ -80,6 +80,23 @@ def test_full_builders_construct(name):
     assert n > 20_000_000
 
 
+@pytest.mark.parametrize("name", FULL)
+def test_full_builders_train_one_step(name):
+    # Full-size models on small images: finite losses, and every trainable parameter (the
+    # frozen stem and res2 excepted) gets a gradient, for a batch with an empty image.
+    model = build_model(name, num_classes=3)
+    with_masks = name.startswith("mask")
+    images, targets = _batch(with_masks)
+    model.train()
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(".stem." in n or ".res2." in n for n in frozen)
+
+
 def test_unknown_model_name():
     with pytest.raises(KeyError, match="did you mean"):
         build_model("faster_rcnn_r50_fpm")
