@@ -190,7 +190,8 @@ class Trainer:
             return
         values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         raise FloatingPointError(
-            f"loss is {float(total.detach())} at iteration {self.iter} ({values}); training has diverged. "
+            f"loss is {float(total.detach())} at iteration {self.iter} ({values}); "
+            "training has diverged. "
             "The last checkpoint was written before this iteration and is untouched."
         )
 
