@@ -19,7 +19,6 @@ Expected layout under the root (the detectron2 one)::
 
 from __future__ import annotations
 
-import colorsys
 import difflib
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import Any
 
 from detforge.data.datasets.coco import CocoCategories, load_coco_json, load_coco_metadata
 from detforge.data.datasets.voc import VOC_CLASSES, load_voc
+from detforge.utils.visualizer import palette
 
 __all__ = [
     "COCO_CATEGORIES",
@@ -88,25 +88,8 @@ COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
 
 
 def class_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
-    """A deterministic palette of distinct RGB colours, one per class.
-
-    Hues step by the golden-ratio conjugate, so neighbouring labels get far-apart hues.
-
-    Args:
-        num_classes: number of colours K.
-
-    Returns:
-        tuple of K ``(r, g, b)`` ints in ``[0, 255]``; the same for every call.
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"class_palette: `num_classes` must be an int >= 0, got {num_classes!r}")
-    colours = []
-    for i in range(num_classes):
-        hue = (i * 0.618033988749895) % 1.0
-        value = 0.95 if i % 2 == 0 else 0.75
-        r, g, b = colorsys.hsv_to_rgb(hue, 0.7, value)
-        colours.append((round(r * 255), round(g * 255), round(b * 255)))
-    return tuple(colours)
+    """One colour per class: :func:`detforge.utils.visualizer.palette`."""
+    return palette(num_classes)
 
 
 def infer_flip_pairs(keypoint_names: Sequence[str]) -> tuple[tuple[str, str], ...]:

@@ -11,14 +11,24 @@ from PIL import Image, ImageDraw
 __all__ = ["draw_instances", "palette"]
 
 
-def palette(n: int) -> list[tuple[int, int, int]]:
-    """``n`` distinct, deterministic RGB colours (golden-ratio hue steps)."""
-    out = []
+def palette(n: int) -> tuple[tuple[int, int, int], ...]:
+    """``n`` distinct, deterministic RGB colours, one per class.
+
+    Hues step by the golden-ratio conjugate, so neighbouring labels get far-apart hues; the
+    brightness alternates between neighbours.
+
+    Returns:
+        tuple of ``n`` ``(r, g, b)`` ints in ``[0, 255]``; the same for every call.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"palette: the number of colours must be an int >= 0, got {n!r}")
+    colours = []
     for i in range(n):
-        h = (i * 0.618033988749895) % 1.0
-        r, g, b = colorsys.hsv_to_rgb(h, 0.75, 0.95)
-        out.append((int(r * 255), int(g * 255), int(b * 255)))
-    return out
+        hue = (i * 0.618033988749895) % 1.0
+        value = 0.95 if i % 2 == 0 else 0.75
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.7, value)
+        colours.append((round(r * 255), round(g * 255), round(b * 255)))
+    return tuple(colours)
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
