@@ -1,52 +1,28 @@
 """Training checkpoints: model + trainer state, written atomically, the last K kept.
 
 A checkpoint is a ``torch.save`` file loadable with ``torch.load(weights_only=True)`` (no code
-runs when reading it). It is written to a temporary file in the same folder, flushed to disk and
-renamed over the target, so a crash or kill mid-write never leaves a half-written checkpoint,
-and ``last_checkpoint`` (a one-line text file naming the newest) is replaced the same way.
+runs when reading it). It is written with :func:`detforge.checkpoint.io.atomic_write`
+(temporary file in the same folder, fsync, rename), so a crash or kill mid-write never leaves a
+half-written checkpoint, and ``last_checkpoint`` (a one-line text file naming the newest) is
+replaced the same way.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Checkpointer", "atomic_save", "unwrap_model"]
+from detforge.checkpoint.io import atomic_write
+
+__all__ = ["Checkpointer", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 _PERIODIC = re.compile(r"model_(\d{7})\.pth$")
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -98,8 +74,13 @@ class Checkpointer:
         if self.trainer is not None:
             data["trainer"] = self.trainer.state_dict()
         path = self.output_dir / f"{name}.pth"
-        atomic_save(data, path)
-        _atomic_write_text(self.output_dir / "last_checkpoint", path.name)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+        def write_marker(tmp: str) -> None:
+            Path(tmp).write_text(path.name)
+
+        atomic_write(self.output_dir / "last_checkpoint", write_marker)
         logger.info("saved checkpoint %s", path)
         self._prune()
         return path
