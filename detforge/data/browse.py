@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from detforge.data.catalog import DatasetMetadata
 from detforge.data.errors import DataError
+from detforge.data.mapper import read_image
 from detforge.structures.masks import polygons_to_bitmask, rle_decode
 from detforge.utils.visualizer import draw_instances
 
@@ -40,12 +41,7 @@ def draw_record(record: dict, metadata: DatasetMetadata) -> np.ndarray:
     Returns:
         ``uint8 [H, W, 3]`` RGB.
     """
-    path = record["file_name"]
-    try:
-        with Image.open(path) as im:
-            image = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except OSError as e:
-        raise DataError(f"cannot read the image: {e}", kind="bad_image", path=path) from e
+    image = read_image(record["file_name"])  # DataError names the file when it is unreadable
     anns = record.get("annotations", [])
     h, w = image.shape[:2]
     boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
