@@ -150,14 +150,15 @@ def build_train_loader(
     Returns:
         An iterable of batches, each a list of ``batch_size`` model-input dicts.
     """
-    records = _compact(records)
-    dataset = MapDataset(records, mapper, seed=seed, strict=strict)
-    if sampler is None:
-        sampler = TrainingSampler(len(records), seed=seed)
+    # Groups first: from a plain list this reads the dicts, instead of unpickling every record.
     if aspect_ratio_grouping:
         groups = np.array([int(r["width"] >= r["height"]) for r in _iter_records(records)])
     else:
         groups = np.zeros(len(records), dtype=np.int64)
+    records = _compact(records)
+    dataset = MapDataset(records, mapper, seed=seed, strict=strict)
+    if sampler is None:
+        sampler = TrainingSampler(len(records), seed=seed)
     batches = GroupedBatchSampler(sampler, groups, batch_size, skip_batches=start_batch)
     return DataLoader(
         dataset,
