@@ -169,7 +169,10 @@ class Trainer:
                 enabled=self.amp != "none",
             ):
                 losses = self.model(images, targets)
-            total = sum((v for k, v in losses.items() if k.startswith("loss_")), torch.zeros(()))
+            terms = [v for k, v in losses.items() if k.startswith("loss_")]
+            if not terms:
+                raise ValueError(f"Trainer: the model returned no `loss_*` entries: {list(losses)}")
+            total = torch.stack([t.float() for t in terms]).sum()  # on the losses' device
             self._check_finite(total, losses)
             loss = total / self.iter_size
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

@@ -7,6 +7,7 @@ turn into a crash deep inside a kernel or, worse, a silently wrong answer.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 from torch import Tensor
@@ -81,12 +82,15 @@ def check_boxes(boxes: object, name: str, fn: str, *, ordered: bool = True) -> T
 
 def as_tuple2(value: int | Sequence[int], name: str, fn: str) -> tuple[int, int]:
     """Turn ``7`` or ``(7, 7)`` into ``(7, 7)``; both entries must be positive integers."""
-    if isinstance(value, int):
-        pair = (value, value)
+    bad = ValueError(f"{fn}: `{name}` must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+            raise bad
+        pair = (int(value[0]), int(value[1]))
     else:
-        pair = tuple(int(v) for v in value)  # type: ignore[assignment]
-        if len(pair) != 2:
-            raise ValueError(f"{fn}: `{name}` must be an int or a pair of ints, got {value!r}")
+        raise bad
     if pair[0] <= 0 or pair[1] <= 0:
         raise ValueError(f"{fn}: `{name}` must be positive, got {value!r}")
     return pair

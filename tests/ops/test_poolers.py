@@ -101,3 +101,11 @@ def test_errors():
         pooler([feats[0], feats[1][:, :2]], _boxes())
     with pytest.raises(ValueError, match="x2 >= x1"):
         pooler(feats, [torch.tensor([[5.0, 0, 1, 1]]).double(), torch.zeros(0, 4).double()])
+
+
+def test_output_size_must_be_ints():
+    with pytest.raises(ValueError, match="`output_size` must be an int or a pair of ints"):
+        MultiLevelRoIPooler(7.5, (1 / 4,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pair of ints"):
+        MultiLevelRoIPooler((7, 7, 7), (1 / 4,))  # type: ignore[arg-type]
+    assert MultiLevelRoIPooler((7, 5), (1 / 4,)).output_size == (7, 5)
