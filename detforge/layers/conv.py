@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from detforge.layers.norms import FrozenBatchNorm2d
+
 __all__ = ["Conv2dNormAct", "ShapeSpec"]
 
 
@@ -106,9 +108,17 @@ class Conv2dNormAct(nn.Conv2d):
         Returns:
             Tensor[B, C_out, H', W']: see the class docstring for ``H'`` and ``W'``.
         """
-        x = self._conv_forward(x, self.weight, self.bias)
-        if self.norm is not None:
-            x = self.norm(x)
+        if isinstance(self.norm, FrozenBatchNorm2d):
+            # Fold the fixed affine map into the conv: conv(x, W * s) + (b * s + t) equals
+            # conv(x, W, b) * s + t, with gradients for W and b, and skips a pass over the map.
+            scale, shift = self.norm.scale_and_shift()
+            weight = self.weight * scale.view(-1, 1, 1, 1)
+            bias = shift if self.bias is None else self.bias * scale + shift
+            x = self._conv_forward(x, weight, bias)
+        else:
+            x = self._conv_forward(x, self.weight, self.bias)
+            if self.norm is not None:
+                x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x

@@ -89,11 +89,20 @@ class FrozenBatchNorm2d(nn.Module):
             Tensor[B, C, H, W]: ``x * scale + shift``, in ``x``'s dtype.
         """
         _check_nchw(x, self.num_features, type(self).__name__)
-        scale = self.weight * (self.running_var + self.eps).rsqrt()  # [C]
-        shift = self.bias - self.running_mean * scale  # [C]
+        scale, shift = self.scale_and_shift()
         scale = scale.to(x.dtype).view(1, -1, 1, 1)
         shift = shift.to(x.dtype).view(1, -1, 1, 1)
         return x * scale + shift
+
+    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """The affine map as two ``Tensor[C]``: ``y = x * scale + shift``.
+
+        A convolution followed by this norm can fold them into its own weight and bias
+        (``Conv2dNormAct`` does), saving a full pass over the feature map.
+        """
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return scale, shift
 
     def _load_from_state_dict(
         self,

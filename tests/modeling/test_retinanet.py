@@ -443,3 +443,15 @@ def test_bad_original_sizes_and_mismatched_head():
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _model(**kwargs)
+
+
+@pytest.mark.parametrize("k", [1, 5, 37, 200, 1000])
+def test_stable_topk_subset_matches_a_full_stable_sort(k):
+    from detforge.modeling.detectors.retinanet import _stable_topk_subset
+
+    gen = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 20, (500,), generator=gen).float() / 20  # many ties
+    indices = torch.randperm(10_000, generator=gen)[:500].sort().values
+    got = _stable_topk_subset(indices, scores, k)
+    ref = indices[scores.sort(descending=True, stable=True).indices[:k]]
+    assert torch.equal(got, ref.sort().values)

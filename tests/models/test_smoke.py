@@ -100,3 +100,23 @@ def test_full_builders_train_one_step(name):
 def test_unknown_model_name():
     with pytest.raises(KeyError, match="did you mean"):
         build_model("faster_rcnn_r50_fpm")
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_channels_last_gives_the_same_detections(name):
+    # The detectors run channels-last by default (faster convolutions); the layout must not
+    # change what they compute beyond float rounding.
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3).eval()
+    if hasattr(model, "test_score_thresh"):  # RetinaNet's prior keeps nothing above 0.05
+        model.test_score_thresh = 0.0
+    images, _ = _batch(False)
+    with torch.no_grad():
+        fast = model(images)
+        model.channels_last = False
+        plain = model(images)
+    for a, b in zip(fast, plain, strict=True):
+        assert len(a) == len(b) > 0
+        torch.testing.assert_close(a.boxes, b.boxes, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-4)
+        assert torch.equal(a.labels, b.labels)

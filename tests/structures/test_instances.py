@@ -87,6 +87,15 @@ def test_image_list_single_and_gradients():
     assert single.tensor.shape == (1, 1, 8, 12)
 
 
+def test_image_list_channels_last():
+    imgs = [torch.rand(3, 50, 70), torch.rand(3, 64, 33)]
+    il = ImageList.from_tensors(imgs, size_divisibility=32, memory_format=torch.channels_last)
+    assert il.tensor.is_contiguous(memory_format=torch.channels_last)
+    plain = ImageList.from_tensors(imgs, size_divisibility=32)
+    assert plain.tensor.is_contiguous()
+    torch.testing.assert_close(il.tensor, plain.tensor, rtol=0, atol=0)
+
+
 def test_image_list_errors():
     with pytest.raises(ValueError, match="empty"):
         ImageList.from_tensors([])

@@ -36,6 +36,8 @@ class GeneralizedRCNN(nn.Module):
         pixel_std: per-channel std.
         input_format: channel order the images come in (and the weights expect).
         size_divisibility: images are padded to a multiple of it (the largest stride, 32).
+        channels_last: run the network on a channels-last (NHWC) batch, faster on CPU and GPU
+            (see ``preprocess_images``); results are the same up to float rounding.
         mask_threshold: threshold of the masks pasted into the original images.
 
     Inputs and outputs (the detector contract of STYLE.md section 5):
@@ -61,6 +63,7 @@ class GeneralizedRCNN(nn.Module):
         pixel_std: Sequence[float],
         input_format: Literal["BGR", "RGB"] = "BGR",
         size_divisibility: int = 32,
+        channels_last: bool = True,
         mask_threshold: float = 0.5,
     ) -> None:
         super().__init__()
@@ -76,6 +79,7 @@ class GeneralizedRCNN(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.input_format = input_format
         self.size_divisibility = size_divisibility
+        self.channels_last = channels_last
         self.mask_threshold = mask_threshold
 
     def forward(
@@ -92,6 +96,7 @@ class GeneralizedRCNN(nn.Module):
             self.pixel_std,
             size_divisibility=self.size_divisibility,
             owner=_FN,
+            channels_last=self.channels_last,
         )
         if self.training:
             checked = check_targets(
