@@ -1,8 +1,7 @@
 """Faster R-CNN, R101-FPN, COCO (80 classes): `zoo.MODELS["faster_rcnn_r101_fpn"]`."""
 
+from .common.data.coco import dataloader  # noqa: F401
 from .common.models.faster_rcnn_fpn import model
-
-# Only `model` so far: the engine work will add `dataloader`, `optimizer`, `lr_multiplier` and
-# `train` (imported from configs/common/ like `model`).
+from .common.train import train  # noqa: F401
 
 model.backbone.depth = 101

@@ -1,8 +1,7 @@
 """RetinaNet, R101-FPN, COCO (80 classes): `zoo.MODELS["retinanet_r101_fpn"]`."""
 
+from .common.data.coco import dataloader  # noqa: F401
 from .common.models.retinanet_fpn import model
-
-# Only `model` so far: the engine work will add `dataloader`, `optimizer`, `lr_multiplier` and
-# `train` (imported from configs/common/ like `model`).
+from .common.train import train  # noqa: F401
 
 model.backbone.depth = 101

@@ -4,10 +4,21 @@ ResNet-18 with GroupNorm, a 64-channel P3-P7 FPN, GroupNorm heads and RGB ImageN
 statistics; 3 classes, as the synthetic dataset used by tests.
 """
 
+from .common.data.small_cpu import dataloader  # noqa: F401
 from .common.models.retinanet_fpn import model
+from .common.train import train
 
-# Only `model` so far: the engine work will add `dataloader`, `optimizer`, `lr_multiplier` and
-# `train` (imported from configs/common/ like `model`).
+# A short CPU schedule from scratch (GroupNorm everywhere): 4 images per batch, no scaling rule.
+train.max_iter = 3000
+train.batch_size = 4
+train.reference_batch_size = None
+train.steps = (0.75, 0.9)
+train.warmup_iters = 100
+train.warmup_factor = 0.01
+train.grad_clip = 10.0
+train.checkpoint_period = 500
+train.eval_period = 500
+train.num_workers = 2
 
 model.num_classes = 3
 model.backbone.depth = 18

@@ -2,10 +2,9 @@
 
 from detforge.modeling.zoo import X101_STD
 
+from .common.data.coco import dataloader  # noqa: F401
 from .common.models.retinanet_fpn import model
-
-# Only `model` so far: the engine work will add `dataloader`, `optimizer`, `lr_multiplier` and
-# `train` (imported from configs/common/ like `model`).
+from .common.train import train  # noqa: F401
 
 # ResNeXt-101 32x8d in pytorch style (stride in the 3x3 conv), as its Facebook weights expect.
 model.backbone.depth = 101

@@ -96,3 +96,31 @@ def test_experiment_config_rebuilds_the_zoo_model(name: str) -> None:
     assert type(built) is type(reference)
     assert built.num_classes == reference.num_classes == (3 if "tiny" in name else 80)
     assert built.input_format == reference.input_format
+
+
+@pytest.mark.parametrize("name", sorted(zoo.MODELS))
+def test_experiment_config_describes_a_whole_run(name: str, monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from detforge.cli.train import _CONFIG_DATA_KEYS
+    from detforge.engine.recipe import TrainSettings
+
+    monkeypatch.setenv("DETFORGE_DATASETS", "/data")
+    cfg = LazyConfig.load(CONFIGS / f"{name}.py")
+    settings = instantiate(cfg.train)
+    assert isinstance(settings, TrainSettings)
+    scaled = settings.scaled()
+    assert scaled.max_iter >= 1000 and scaled.warmup_iters < scaled.max_iter
+    loader = OmegaConf.to_container(cfg.dataloader, resolve=True)
+    assert set(loader) <= set(_CONFIG_DATA_KEYS) | {"mapper"}
+    assert max(loader["min_size"]) <= loader["max_size"]
+    if "tiny" in name:  # CPU schedule; the data comes from the command line
+        assert settings.batch_size == 4 and "coco_json" not in loader
+    else:  # detectron2's 1x COCO schedule, data under $DETFORGE_DATASETS
+        assert (settings.max_iter, settings.batch_size, settings.base_lr) == (90000, 16, 0.02)
+        assert settings.steps == (60000, 80000) and settings.reference_batch_size == 16
+        assert loader["coco_json"] == "/data/coco/annotations/instances_train2017.json"
+        assert loader["val_image_root"] == "/data/coco/val2017"
+        # The linear scaling rule for 2 images per batch, as on one GPU.
+        two = TrainSettings(**{**vars(settings), "batch_size": 2}).scaled()
+        assert two.base_lr == pytest.approx(0.0025) and two.max_iter == 720000

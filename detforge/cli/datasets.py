@@ -30,6 +30,7 @@ from detforge.data.datasets.coco import load_coco_json, load_coco_metadata
 from detforge.data.datasets.voc import load_voc, split_records
 
 __all__ = [
+    "DATA_KEYS",
     "CLIError",
     "DataSplit",
     "add_data_arguments",
@@ -42,7 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Names of the dataset arguments (stored in ``config.yaml`` so a resumed run can reuse them).
-_DATA_KEYS = (
+DATA_KEYS = (
     "coco_json",
     "image_root",
     "voc",
@@ -149,7 +150,7 @@ def add_eval_data_arguments(parser: argparse.ArgumentParser, *, voc_default: str
 
 def data_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The dataset arguments of ``args`` as a plain dict (for ``config.yaml``; absolute paths)."""
-    out = {k: getattr(args, k) for k in _DATA_KEYS if hasattr(args, k)}
+    out = {k: getattr(args, k) for k in DATA_KEYS if hasattr(args, k)}
     for k in ("coco_json", "image_root", "voc", "val_coco_json", "val_image_root"):
         if out.get(k) is not None:
             out[k] = str(Path(out[k]).absolute())

@@ -2,10 +2,22 @@
 
 The number of classes comes from the data. Every :class:`~detforge.engine.recipe.TrainSettings`
 field can be set with a positional ``key=value`` (``max_iter=2000 base_lr=0.01``); unknown keys
-are rejected with the closest names. With ``--config FILE`` the model is the config's ``model``
-(its ``num_classes`` is set from the data); ``key=value`` items naming a ``TrainSettings`` field
-still set the settings and every other item is a dotted config key (``model.fc_dim=512``) applied
-with ``apply_overrides``. Data, output and resize always come from the flags.
+are rejected with the closest names.
+
+With ``--config FILE`` a config file describes the whole run (see ``configs/README.md``):
+
+* ``model``: the model (its ``num_classes`` is set from the data);
+* ``train`` (optional): ``L(TrainSettings)(...)``, the solver, schedule and run settings;
+* ``dataloader`` (optional): the data flags under their own names (``coco_json``,
+  ``image_root``, ``val_coco_json``, ``val_image_root``, ``voc``, ``voc_split``,
+  ``voc_val_split``, ``class_names``, ``val_fraction``, ``split_seed``, ``min_size``,
+  ``max_size``) and optionally ``mapper``, a ``DatasetMapper`` call that replaces the default
+  training mapper (resize + flip).
+
+Flags given on the command line win over the config; ``key=value`` items naming a
+``TrainSettings`` field set the settings, and every other item is a dotted config key
+(``model.fc_dim=512``, ``train.max_iter=100``, ``dataloader.max_size=1000``) applied with
+``apply_overrides`` before anything is built. ``--output`` defaults to ``train.output_dir``.
 
 The run writes ``OUTPUT/config.yaml`` (the resolved settings, model, dataset flags and class
 names; for ``--config`` runs the resolved LazyConfig with this under its ``run`` key) and
@@ -32,6 +44,7 @@ from torch import nn
 
 from detforge.checkpoint.load import load_weights
 from detforge.cli.datasets import (
+    DATA_KEYS,
     CLIError,
     DataSplit,
     add_data_arguments,
@@ -129,8 +142,8 @@ def _saved_run(out: Path) -> dict[str, Any]:
     return run if isinstance(run, dict) else {}
 
 
-def _restore(args: argparse.Namespace, saved: dict[str, Any]) -> TrainSettings:
-    """Fill the flags the user left out from a saved run; the saved settings as the base."""
+def _restore(args: argparse.Namespace, saved: dict[str, Any], base: TrainSettings) -> TrainSettings:
+    """Fill the flags the user left out from a saved run; the saved settings over ``base``."""
     if args.coco_json is None and args.voc is None:
         for k, v in (saved.get("dataset") or {}).items():
             if getattr(args, k, None) is None:
@@ -140,11 +153,9 @@ def _restore(args: argparse.Namespace, saved: dict[str, Any]) -> TrainSettings:
     args.max_size = args.max_size or resize.get("max_size")
     if args.model is None and args.config is None:
         args.model = saved.get("model")
-        if saved.get("model_from_config"):
-            args.config = str(Path(args.output) / "config.yaml")
     fields = saved.get("settings") or {}
     known = {k: v for k, v in fields.items() if k in _SETTINGS and k not in _FROM_FLAGS}
-    return parse_settings([f"{k}={v!r}" for k, v in known.items()], TrainSettings())
+    return parse_settings([f"{k}={v!r}" for k, v in known.items()], base)
 
 
 def _split_items(items: list[str], config: bool) -> tuple[list[str], list[str]]:
@@ -159,17 +170,81 @@ def _split_items(items: list[str], config: bool) -> tuple[list[str], list[str]]:
     return settings, rest
 
 
-def _config_model(path: str, items: list[str], num_classes: int) -> tuple[nn.Module, DictConfig]:
-    from detforge.config.lazy import LazyConfig, apply_overrides, instantiate
+#: ``dataloader`` keys of a config -> the ``detforge train`` arguments they stand for.
+_CONFIG_DATA_KEYS = {**{k: k for k in DATA_KEYS}, "min_size": "min_size", "max_size": "max_size"}
 
+
+def _load_config(path: str, items: list[str]) -> DictConfig:
+    """Load ``path`` and apply the dotted overrides (CLIError on any problem)."""
+    from detforge.config.lazy import LazyConfig, apply_overrides
+
+    if not Path(path).is_file():
+        raise CLIError(f"--config {path}: no such file")
     try:
         cfg = LazyConfig.load(path)
         if "model" not in cfg:
             raise CLIError(f"--config {path} has no `model`")
-        apply_overrides(cfg, [f"model.num_classes={num_classes}", *items])
+        apply_overrides(cfg, items)
+    except (ValueError, ModuleNotFoundError, SyntaxError) as e:
+        raise CLIError(f"--config {path}: {e}".splitlines()[0]) from e
+    return cfg
+
+
+def _config_data(args: argparse.Namespace, cfg: DictConfig, path: str) -> Any:
+    """Fill the data flags the user left out from ``cfg.dataloader``; returns its ``mapper``."""
+    from omegaconf import OmegaConf
+
+    loader = cfg.get("dataloader")
+    if loader is None:
+        return None
+    if not isinstance(loader, DictConfig):
+        raise CLIError(f"--config {path}: `dataloader` must be a dict of data arguments")
+    plain = OmegaConf.to_container(loader, resolve=True)
+    assert isinstance(plain, dict)
+    mapper = loader.get("mapper")
+    for raw_key, value in plain.items():
+        key = str(raw_key)
+        if key == "mapper":
+            continue
+        if key not in _CONFIG_DATA_KEYS:
+            close = difflib.get_close_matches(key, list(_CONFIG_DATA_KEYS) + ["mapper"], n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise CLIError(f"--config {path}: unknown key dataloader.{key}{hint}")
+        if key == "min_size" and isinstance(value, int):
+            value = [value]
+        if getattr(args, _CONFIG_DATA_KEYS[key], None) is None:
+            setattr(args, _CONFIG_DATA_KEYS[key], value)
+    return mapper
+
+
+def _config_settings(cfg: DictConfig, path: str) -> TrainSettings | None:
+    """``cfg.train`` built (a ``TrainSettings``), or None when the config has none."""
+    from detforge.config.lazy import instantiate
+
+    if cfg.get("train") is None:
+        return None
+    try:
+        settings = instantiate(cfg.train)
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--config {path}: train: {e}".splitlines()[0]) from e
+    if not isinstance(settings, TrainSettings):
+        raise CLIError(
+            f"--config {path}: `train` must build a TrainSettings, got {type(settings).__name__}"
+        )
+    return settings
+
+
+def _config_model(cfg: DictConfig, path: str, num_classes: int) -> nn.Module:
+    from detforge.config.lazy import apply_overrides, instantiate
+
+    try:
+        apply_overrides(cfg, [f"model.num_classes={num_classes}"])
     except ValueError as e:
         raise CLIError(f"--config {path}: {e}") from e
-    return instantiate(cfg.model), cfg
+    model = instantiate(cfg.model)
+    if not isinstance(model, nn.Module):
+        raise CLIError(f"--config {path}: `model` built a {type(model).__name__}, not a module")
+    return model
 
 
 def _zoo_model(name: str, num_classes: int) -> nn.Module:
@@ -193,9 +268,21 @@ def _load_finetune_weights(model: nn.Module, path: str) -> None:
 
 
 def _mappers(
-    args: argparse.Namespace, fmt: Literal["RGB", "BGR"], train: DataSplit, masks: bool
-) -> tuple[DatasetMapper, DatasetMapper]:
+    args: argparse.Namespace,
+    fmt: Literal["RGB", "BGR"],
+    train: DataSplit,
+    masks: bool,
+    config_mapper: Any = None,
+) -> tuple[Any, DatasetMapper]:
     sizes = tuple(int(s) for s in args.min_size)
+    info = CheckpointInfo(None, (), fmt, max(sizes), int(args.max_size))
+    if config_mapper is not None:
+        from detforge.config.lazy import instantiate
+
+        built = instantiate(config_mapper)
+        if not callable(built):
+            raise CLIError(f"--config {args.config}: dataloader.mapper built a non-callable")
+        return built, test_mapper(info)
     rle = any(
         isinstance(a.get("segmentation"), dict) for r in train.records for a in r["annotations"]
     )
@@ -209,7 +296,6 @@ def _mappers(
         use_masks=masks,
         mask_format="bitmask" if rle else "polygon",
     )
-    info = CheckpointInfo(None, (), fmt, max(sizes), int(args.max_size))
     return train_mapper, test_mapper(info)
 
 
@@ -254,19 +340,47 @@ def run(args: argparse.Namespace) -> int:
     """Run ``detforge train`` (see the module docstring)."""
     if args.config is not None and args.model is not None:
         raise CLIError("give --model or --config, not both")
-    out = Path(args.output)
-    base = _restore(args, _saved_run(out)) if args.resume else TrainSettings()
+    if args.resume and args.output is None:
+        raise CLIError("--resume needs --output, the folder of the run to continue")
+    base = TrainSettings()
+    if args.output is None and args.config is not None:
+        # The config may name the output folder: read it before anything else.
+        found = _config_settings(_load_config(args.config, []), args.config)
+        args.output = found.output_dir if found is not None else None
+    out = Path(args.output or "output")
+    saved = _saved_run(out) if args.resume else {}
+    if (
+        args.resume
+        and args.config is None
+        and args.model is None
+        and saved.get("model_from_config")
+    ):
+        args.config = str(out / "config.yaml")
+    cfg: DictConfig | None = None
+    config_mapper = None
+    setting_items, config_items = _split_items(args.overrides, config=args.config is not None)
+    if args.config is not None:
+        cfg = _load_config(args.config, config_items)
+        config_mapper = _config_data(args, cfg, args.config)
+        base = _config_settings(cfg, args.config) or base
+    if args.resume:
+        base = _restore(args, saved, base)
+    # `train.<field>=v` items were applied to the config; they also win over a resumed run.
+    for item in config_items:
+        key = item.partition("=")[0].strip()
+        field = key.removeprefix("train.")
+        if key.startswith("train.") and field in _SETTINGS and field not in _FROM_FLAGS:
+            setting_items.append(item.strip().removeprefix("train."))
     args.model = args.model or (None if args.config else DEFAULT_MODEL)
     args.min_size = args.min_size or list(DEFAULT_MIN_SIZES)
     args.max_size = args.max_size or DEFAULT_MAX_SIZE
-    setting_items, config_items = _split_items(args.overrides, config=args.config is not None)
     settings = parse_settings(setting_items, base)
     settings = dataclasses.replace(settings, output_dir=str(out), resume=bool(args.resume))
     train, val = load_train_data(args)
     k = len(train.metadata.class_names)
-    cfg = None
-    if args.config is not None:
-        model, cfg = _config_model(args.config, config_items, k)
+    if cfg is not None:
+        assert args.config is not None
+        model = _config_model(cfg, args.config, k)
     else:
         model = _zoo_model(args.model, k)
     masks = has_mask_head(model)
@@ -275,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights is not None:
         _load_finetune_weights(model, args.weights)
     fmt: Literal["RGB", "BGR"] = "RGB" if getattr(model, "input_format", "BGR") == "RGB" else "BGR"
-    train_mapper, eval_mapper = _mappers(args, fmt, train, masks)
+    train_mapper, eval_mapper = _mappers(args, fmt, train, masks, config_mapper)
     description = _run_description(args, settings, train, masks)
     config_yaml = _write_config(out, description, cfg)
     metadata = {
@@ -318,8 +432,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_data_arguments(p)
     g = p.add_argument_group("model and run")
     g.add_argument("--model", help=f"zoo model name (default {DEFAULT_MODEL})")
-    g.add_argument("--config", metavar="FILE", help="LazyConfig file with at least `model`")
-    g.add_argument("--output", default="output", help="run folder (default: output)")
+    g.add_argument(
+        "--config",
+        metavar="FILE",
+        help="LazyConfig file: `model`, and optionally `train` and `dataloader` (see above)",
+    )
+    g.add_argument(
+        "--output", help="run folder (default: the config's train.output_dir, else output)"
+    )
     g.add_argument("--weights", metavar="CKPT", help="fine-tune from these weights")
     g.add_argument("--resume", action="store_true", help="continue the run in --output")
     g.add_argument(

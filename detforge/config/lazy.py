@@ -10,6 +10,7 @@ one experiment never leaks into another. The YAML dump stores callables as impor
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib
 import importlib.abc
@@ -71,7 +72,14 @@ class LazyCall:
             raise TypeError(f"LazyCall({_name(self.target)}): pass keyword arguments only")
         if TARGET in kwargs:
             raise TypeError(f"LazyCall({_name(self.target)}): `{TARGET}` is a reserved key")
-        return DictConfig({TARGET: self.target} | kwargs, flags=_FLAGS)
+        target: Any = self.target
+        if dataclasses.is_dataclass(target) and isinstance(target, type):
+            # omegaconf turns a dataclass type into a structured config: keep its import path
+            # (which instantiate() resolves) and check now that the path leads back to it.
+            target = f"{target.__module__}.{target.__qualname__}"
+            if pydoc.locate(target) is not self.target:
+                raise TypeError(f"LazyCall: dataclass {target} must be importable by that path")
+        return DictConfig({TARGET: target} | kwargs, flags=_FLAGS)
 
 
 L = LazyCall

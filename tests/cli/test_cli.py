@@ -269,6 +269,95 @@ def test_config_run_rebuilds_the_model_from_the_checkpoint(
     assert code == 2 and "model.fc_dim" in capsys.readouterr().err
 
 
+def _write_run_config(path: Path, data: dict[str, Path], out: Path) -> Path:
+    """A config file describing a whole run: model, data, sizes, settings and output folder."""
+    path.write_text(
+        f"""
+from detforge.config import LazyCall as L
+from detforge.engine.recipe import TrainSettings
+from detforge.modeling.zoo import faster_rcnn_r18_fpn_tiny
+
+model = L(faster_rcnn_r18_fpn_tiny)(num_classes=1)
+dataloader = dict(
+    coco_json={str(data["train_json"])!r},
+    image_root={str(data["train_images"])!r},
+    min_size=64,
+    max_size=100,
+)
+train = L(TrainSettings)(
+    output_dir={str(out)!r}, max_iter=3, batch_size=2, num_workers=0, warmup_iters=1,
+    checkpoint_period=2, log_period=1,
+)
+"""
+    )
+    return path
+
+
+def test_a_config_file_alone_describes_the_run(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "from_config"
+    config = _write_run_config(tmp_path / "run.py", data, out)
+    assert main(["train", "--config", str(config)]) == 0  # no data flags, no --output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    run = saved["run"]
+    assert run["settings"]["max_iter"] == 3 and run["settings"]["batch_size"] == 2
+    assert run["resize"] == {"train_min_sizes": [64], "max_size": 100}
+    assert run["dataset"]["coco_json"] == str(data["train_json"])
+    assert saved["model"]["num_classes"] == len(SYNTHETIC_CLASSES)  # from the data
+    assert (out / "model_final.pth").is_file()
+    # Command-line items and flags win over the config: extend the finished run by resuming.
+    args = ["--config", str(config), "--output", str(out), "--resume", "train.max_iter=4"]
+    assert main(["train", *args]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["run"]["settings"]["max_iter"] == 4
+    rows = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3]  # 0-based: iteration 3 is the 4th
+
+
+def test_config_dataloader_keys_are_checked(
+    data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _write_run_config(tmp_path / "run.py", data, tmp_path / "out")
+    config.write_text(config.read_text().replace("image_root=", "image_roots="))
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "dataloader.image_roots" in err and "did you mean image_root" in err
+    assert main(["train", "--config", str(tmp_path / "missing.py")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_config_mapper_replaces_the_training_mapper(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "mapper_run"
+    config = _write_run_config(tmp_path / "run.py", data, out)
+    text = config.read_text().replace(
+        "    max_size=100,\n",
+        "    max_size=100,\n    mapper=L(DatasetMapper)(\n"
+        "        augmentations=[L(ResizeShortestEdge)(short_edge_length=48, max_size=60),"
+        " L(RandomBrightness)(intensity_min=0.8, intensity_max=1.2)],\n"
+        "        is_train=True, image_format='RGB'),\n",
+    )
+    text = (
+        "from detforge.data.augmentation import RandomBrightness, ResizeShortestEdge\n"
+        "from detforge.data.mapper import DatasetMapper\n" + text
+    )
+    config.write_text(text)
+    assert main(["train", "--config", str(config), "train.max_iter=1"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["dataloader"]["mapper"]["_target_"] == "detforge.data.mapper.DatasetMapper"
+    assert (out / "model_final.pth").is_file()
+
+
+def test_shipped_tiny_config_gives_sizes_and_schedule(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    config = Path(__file__).resolve().parents[2] / "configs" / "retinanet_r18_fpn_tiny.py"
+    out = tmp_path / "tiny"
+    args = ["--config", str(config), "--output", str(out), "train.max_iter=1", *FAST]
+    assert main(["train", *_coco_args(data, val=False), *args]) == 0
+    run = yaml.safe_load((out / "config.yaml").read_text())["run"]
+    assert run["resize"] == {"train_min_sizes": [288, 320, 352], "max_size": 480}
+    assert run["settings"]["max_iter"] == 1 and run["settings"]["grad_clip"] == 10.0
+
+
 def test_parse_settings_checks_types() -> None:
     base = TrainSettings()
     s = parse_settings(["steps=[0.5, 0.8]", "grad_clip=None", "base_lr=1", "amp=bf16"], base)
