@@ -6,8 +6,9 @@ Writes one drawn image per input image (or per video frame, ``<video stem>_<fram
 ``labels``, ``class_names`` and, for mask models, ``masks`` as COCO compressed RLE. Only
 detections scoring at least ``--score-threshold`` are kept.
 
-Videos are decoded with ``imageio``, ``av`` (PyAV) or ``cv2`` (OpenCV), whichever is installed
-first in that order; detforge depends on none of them.
+Videos are decoded with ``av`` (PyAV, the ``video`` extra: ``pip install detforge[video]``),
+``imageio`` or ``cv2`` (OpenCV), whichever is installed first in that order; detforge itself
+depends on none of them. ``--frame-step N`` runs the model on every N-th frame only.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-_DECODERS = ("imageio", "av", "cv2")
+_DECODERS = ("av", "imageio", "cv2")
 
 
 def predict_image(model: nn.Module, image: np.ndarray, info: CheckpointInfo) -> Instances:
@@ -69,11 +70,20 @@ def predict_image(model: nn.Module, image: np.ndarray, info: CheckpointInfo) -> 
 def _video_frames(path: Path) -> Iterator[np.ndarray]:
     """RGB ``uint8 [H, W, 3]`` frames of a video, with the first decoder that is installed."""
     found = [m for m in _DECODERS if importlib.util.find_spec(m) is not None]
-    if found[0] == "imageio":
+    try:
+        yield from _decode(path, found[0])
+    except CLIError:
+        raise
+    except Exception as e:  # each decoder has its own error types
+        raise CLIError(f"--input {path}: cannot decode the video ({found[0]}): {e}") from e
+
+
+def _decode(path: Path, decoder: str) -> Iterator[np.ndarray]:
+    if decoder == "imageio":
         iio = importlib.import_module("imageio.v3")
         for frame in iio.imiter(str(path)):
             yield np.asarray(frame)[..., :3]
-    elif found[0] == "av":
+    elif decoder == "av":
         av = importlib.import_module("av")
         with av.open(str(path)) as container:
             for frame in container.decode(video=0):
@@ -106,8 +116,9 @@ def _input_files(path: Path) -> list[Path]:
     suffix = path.suffix.lower()
     if suffix in VIDEO_EXTENSIONS and not any(importlib.util.find_spec(m) for m in _DECODERS):
         raise CLIError(
-            f"--input {path}: reading a video needs a decoder and none of imageio, av, cv2 is "
-            "installed; install one: pip install av (or imageio[pyav], or opencv-python)"
+            f"--input {path}: reading a video needs a decoder and none of "
+            f"{', '.join(_DECODERS)} is installed; install one: pip install av "
+            "(or pip install 'detforge[video]')"
         )
     if suffix not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
         known = ", ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
@@ -115,12 +126,20 @@ def _input_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _images(files: list[Path]) -> Iterator[tuple[dict[str, Any], str, np.ndarray]]:
-    """``(json entry head, output file name, RGB image)`` for every image or video frame."""
+def _images(
+    files: list[Path], frame_step: int = 1
+) -> Iterator[tuple[dict[str, Any], str, np.ndarray]]:
+    """``(json entry head, output file name, RGB image)`` for every image or kept video frame."""
     for file in files:
         if file.suffix.lower() in VIDEO_EXTENSIONS:
+            count = 0
             for i, frame in enumerate(_video_frames(file)):
-                yield {"file": str(file), "frame": i}, f"{file.stem}_{i:06d}.jpg", frame
+                count += 1
+                if i % frame_step == 0:
+                    yield {"file": str(file), "frame": i}, f"{file.stem}_{i:06d}.jpg", frame
+            if count == 0:
+                raise CLIError(f"--input {file}: the video has no frames")
+            logger.info("%s: %d frames, every %d-th run", file, count, frame_step)
             continue
         try:
             image = read_image(str(file))
@@ -148,12 +167,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``detforge predict`` (see the module docstring)."""
     if not 0.0 <= args.score_threshold <= 1.0:
         raise CLIError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    if args.frame_step < 1:
+        raise CLIError(f"--frame-step must be >= 1, got {args.frame_step}")
     files = _input_files(Path(args.input))
     model, info = model_from_checkpoint(args.weights)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for head, name, image in _images(files):
+    for head, name, image in _images(files, args.frame_step):
         det = predict_image(model, image, info)
         if det.scores is not None:
             det = det[det.scores >= args.score_threshold]
@@ -185,5 +206,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="PATH", help="image, folder or video")
     p.add_argument("--output", default="predictions", metavar="DIR", help="output folder")
     p.add_argument("--score-threshold", type=float, default=0.5, help="minimum score kept")
+    p.add_argument(
+        "--frame-step", type=int, default=1, metavar="N", help="videos: every N-th frame only"
+    )
     p.set_defaults(func=run)
     return p

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -197,15 +196,54 @@ def test_missing_files_and_bare_checkpoints_exit_2(
 
 
 def test_video_without_decoder_names_the_package(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if any(importlib.util.find_spec(m) for m in ("imageio", "av", "cv2")):
-        pytest.skip("a video decoder is installed")
+    monkeypatch.setattr("detforge.cli.predict._DECODERS", ("no_such_decoder_module",))
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\x00" * 64)
     assert main(["predict", "--weights", "w.pth", "--input", str(video)]) == 2
     err = capsys.readouterr().err
     assert "needs a decoder" in err and "pip install av" in err
+
+
+def _write_video(path: Path, frames: int) -> None:
+    av = pytest.importorskip("av")
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 96, 80, "yuv420p"
+        for i in range(frames):
+            image = np.full((80, 96, 3), 40, np.uint8)
+            image[10 + 5 * i : 40 + 5 * i, 20:60] = (230, 200, 30)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_predict_video_writes_frames_and_json(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = tmp_path / "clip.mp4"
+    _write_video(video, frames=5)
+    out = tmp_path / "pred"
+    weights = str(run_dir / "model_final.pth")
+    args = ["--weights", weights, "--input", str(video), "--output", str(out)]
+    assert main(["predict", *args, "--frame-step", "2", "--score-threshold", "0"]) == 0
+    entries = json.loads((out / "predictions.json").read_text())
+    assert [e["frame"] for e in entries] == [0, 2, 4]
+    assert all(e["image_size"] == [80, 96] and e["file"] == str(video) for e in entries)
+    assert sorted(p.name for p in out.glob("*.jpg")) == [
+        "clip_000000.jpg",
+        "clip_000002.jpg",
+        "clip_000004.jpg",
+    ]
+    with Image.open(out / "clip_000002.jpg") as drawn:
+        assert drawn.size == (96, 80)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 10)
+    assert main(["predict", "--weights", weights, "--input", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.mp4" in err and "cannot decode" in err and "Traceback" not in err
 
 
 def _write_labelimg(root: Path) -> None:
