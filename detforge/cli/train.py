@@ -19,6 +19,10 @@ Flags given on the command line win over the config; ``key=value`` items naming 
 (``model.fc_dim=512``, ``train.max_iter=100``, ``dataloader.max_size=1000``) applied with
 ``apply_overrides`` before anything is built. ``--output`` defaults to ``train.output_dir``.
 
+Several processes: ``--num-processes N`` starts ``N`` on this machine; under ``torchrun`` or
+``srun`` the process group is joined from their environment. Training then goes through DDP with
+``batch_size`` as the batch over all processes; only rank 0 writes files.
+
 The run writes ``OUTPUT/config.yaml`` (the resolved settings, model, dataset flags and class
 names; for ``--config`` runs the resolved LazyConfig with this under its ``run`` key) and
 checkpoints whose metadata let ``detforge eval``/``predict`` rebuild the model from the
@@ -33,11 +37,14 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import os
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+import torch.distributed as dist
 import yaml
 from omegaconf import DictConfig
 from torch import nn
@@ -55,7 +62,9 @@ from detforge.cli.evaluate import CheckpointInfo, build_eval_fn, has_mask_head, 
 from detforge.data.augmentation import RandomFlip, ResizeShortestEdge
 from detforge.data.mapper import DatasetMapper
 from detforge.engine.checkpointer import Checkpointer
+from detforge.engine.launch import WorkerError, detect_environment, init_distributed, launch
 from detforge.engine.recipe import TrainSettings, train_detector
+from detforge.utils.comm import get_world_size, is_main_process, synchronize
 
 __all__ = ["add_parser", "parse_settings", "run"]
 
@@ -318,6 +327,7 @@ def _run_description(
             "max_size": int(args.max_size),
         },
         "settings": plain,
+        "world_size": get_world_size(),
     }
 
 
@@ -325,19 +335,74 @@ def _write_config(out: Path, run: dict[str, Any], cfg: DictConfig | None) -> str
     """Write ``out/config.yaml``; returns its text (stored in every checkpoint)."""
     from detforge.config.lazy import LazyConfig
 
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yaml"
-    if cfg is None:
-        path.write_text(yaml.safe_dump(run, sort_keys=False))
-    else:
-        cfg = cfg.copy()
-        cfg["run"] = run
-        LazyConfig.save(cfg, path)
+    if is_main_process():  # only rank 0 writes files; the others read what it wrote
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg is None:
+            path.write_text(yaml.safe_dump(run, sort_keys=False))
+        else:
+            cfg = cfg.copy()
+            cfg["run"] = run
+            LazyConfig.save(cfg, path)
+    synchronize()
     return path.read_text()
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``detforge train`` (see the module docstring)."""
+    """Run ``detforge train`` (see the module docstring), on one or several processes.
+
+    Under ``torchrun`` or ``srun`` (their environment variables are found) this process joins
+    the job's process group; with ``--num-processes N`` it starts ``N`` processes on this
+    machine itself. Either way every process runs the same training, through DDP.
+    """
+    if args.num_processes < 1:
+        raise CLIError(f"--num-processes must be >= 1, got {args.num_processes}")
+    info = detect_environment()
+    if info is not None:
+        if args.num_processes > 1:
+            raise CLIError("--num-processes is for runs without torchrun/srun, which start them")
+        if info.world_size > 1 and not dist.is_initialized():
+            init_distributed(info, backend=args.dist_backend, timeout_s=args.dist_timeout)
+            _quiet_other_ranks()
+            try:
+                return _run(args)
+            finally:
+                dist.destroy_process_group()
+    if args.num_processes > 1:
+        try:
+            launch(
+                _spawned_run,
+                num_processes=args.num_processes,
+                args=(args,),
+                backend=args.dist_backend,
+                timeout_s=args.dist_timeout,
+            )
+        except WorkerError as e:
+            last = (e.child_traceback.strip().splitlines() or [str(e)])[-1]
+            raise CLIError(f"training process {e.rank} failed: {last}") from e
+        return 0
+    return _run(args)
+
+
+def _quiet_other_ranks() -> None:
+    """Progress and info messages from rank 0 only; warnings and errors from every rank."""
+    if not is_main_process():
+        logging.getLogger("detforge").setLevel(logging.WARNING)
+
+
+def _spawned_run(args: argparse.Namespace) -> int:
+    """Body of each process that ``--num-processes`` starts (in a fresh interpreter)."""
+    from detforge.cli import _setup_logging
+
+    _setup_logging()
+    _quiet_other_ranks()
+    if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // get_world_size()))
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The training run of this process."""
     if args.config is not None and args.model is not None:
         raise CLIError("give --model or --config, not both")
     if args.resume and args.output is None:
@@ -441,6 +506,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--output", help="run folder (default: the config's train.output_dir, else output)"
     )
     g.add_argument("--weights", metavar="CKPT", help="fine-tune from these weights")
+    d = p.add_argument_group(
+        "distributed (under torchrun or srun the process group is joined automatically)"
+    )
+    d.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="start N training processes on this machine (one per GPU; gloo on CPU)",
+    )
+    d.add_argument("--dist-backend", default="auto", help="process-group backend (auto: nccl/gloo)")
+    d.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="seconds before a missing or dead process is an error instead of a hang",
+    )
     g.add_argument("--resume", action="store_true", help="continue the run in --output")
     g.add_argument(
         "--min-size",

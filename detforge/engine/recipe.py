@@ -8,6 +8,7 @@ killed run from its last checkpoint when ``settings.resume`` is set.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from detforge.data.loader import Mapper, RecordSource, build_test_loader, build_train_loader
 from detforge.engine.checkpointer import Checkpointer
@@ -38,8 +40,15 @@ from detforge.solver.lr_schedule import (
     scale_for_batch_size,
 )
 from detforge.solver.param_groups import param_groups
+from detforge.utils.comm import get_rank, get_world_size
 
-__all__ = ["TrainSettings", "build_optimizer", "evaluate_coco", "train_detector"]
+__all__ = [
+    "TrainSettings",
+    "build_optimizer",
+    "evaluate_coco",
+    "resolve_device",
+    "train_detector",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +59,14 @@ class TrainSettings:
 
     ``steps`` are iterations; values below 1 are fractions of ``max_iter``. When
     ``reference_batch_size`` is set and differs from ``batch_size``, the linear scaling rule
-    adjusts ``base_lr``, ``max_iter``, ``steps`` and ``warmup_iters``.
+    adjusts ``base_lr``, ``max_iter``, ``steps`` and ``warmup_iters``. ``batch_size`` is the
+    number of images per iteration over *all* processes (detectron2's ``IMS_PER_BATCH``): under
+    DDP each of ``P`` processes loads ``batch_size / P``. ``device`` is ``"auto"`` (the
+    process's GPU when CUDA is available, else the CPU), ``"cpu"`` or ``"cuda"``.
     """
 
     output_dir: str = "output"
+    device: str = "auto"
     max_iter: int = 1000
     batch_size: int = 4
     reference_batch_size: int | None = None
@@ -116,6 +129,20 @@ class TrainSettings:
         )
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> this process's GPU (``cuda:{current}``) when CUDA is available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("TrainSettings.device is 'cuda' but CUDA is not available")
+        return torch.device("cuda", torch.cuda.current_device())
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"TrainSettings.device: {e}") from e
+
+
 def build_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or AdamW over :func:`param_groups`."""
     groups = param_groups(
@@ -169,7 +196,8 @@ def train_detector(
     """Train ``model`` on ``records`` as ``settings`` say; returns the finished trainer.
 
     Args:
-        model: the detector (moved to no device: place it first).
+        model: the detector; moved to ``settings.device`` and, when a process group of more
+            than one process exists, trained through ``DistributedDataParallel``.
         records: training records.
         mapper: training mapper (``mapper(record, rng) -> model input``).
         settings: the run's settings.
@@ -181,9 +209,35 @@ def train_detector(
     s = settings.scaled()
     out = Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(s.seed)
+    world = get_world_size()
+    if s.batch_size % world != 0:
+        raise ValueError(
+            f"TrainSettings.batch_size {s.batch_size} is the batch over all processes and must "
+            f"be a multiple of their number, {world}"
+        )
+    torch.manual_seed(s.seed + get_rank())  # random proposal sampling differs per process
     if s.deterministic:
         torch.use_deterministic_algorithms(True)
+    device = resolve_device(s.device)
+    model.to(device)
+    trained: nn.Module = model
+    if world > 1:
+        if getattr(model, "channels_last", False):
+            # Gradients of channels-last activations come out channels-last: lay the weights
+            # out the same way, or DDP copies every gradient into its buckets with a warning.
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # Buffers are synchronised once, at the start, not before every forward: FrozenBN
+        # statistics never change and SyncBN keeps its own in step; every process starts from
+        # rank 0's weights and buffers.
+        no_buffer_sync: dict[str, bool] = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}  # torch < 2.13
+        )
+        trained = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync
+        )
+        logger.info("DDP over %d processes, %d images each", world, s.batch_size // world)
     optimizer = build_optimizer(model, s)
     checkpointer = Checkpointer(
         model, out, keep_last=s.keep_last, metadata=metadata, config_yaml=config_yaml
@@ -192,14 +246,14 @@ def train_detector(
     loader = build_train_loader(
         records,
         mapper,
-        batch_size=s.batch_size,
+        batch_size=s.batch_size // world,
         num_workers=s.num_workers,
         seed=s.seed,
         start_batch=start * s.iter_size,
         strict=s.strict_data,
     )
     trainer = Trainer(
-        model=model,
+        model=trained,
         optimizer=optimizer,
         data_loader=loader,
         max_iter=s.max_iter,

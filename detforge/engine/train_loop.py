@@ -8,6 +8,7 @@ count updates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -16,11 +17,26 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from detforge.utils.comm import get_world_size
 
 __all__ = ["HookBase", "Trainer", "get_rng_state", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
+
+
+def _mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """``values`` averaged over the processes of the default group (as is without one)."""
+    if get_world_size() == 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= get_world_size()
+    return dict(zip(keys, t.tolist(), strict=True))
 
 
 class HookBase:
@@ -157,28 +173,39 @@ class Trainer:
             g["lr"] = g["initial_lr"] * scale
         start = time.perf_counter()
         data_time, sums = 0.0, dict[str, float]()
-        for _ in range(self.iter_size):
+        for micro in range(self.iter_size):
             t = time.perf_counter()
             batch = self._next_batch()
             data_time += time.perf_counter() - t
             images = [d["image"].to(self.device) for d in batch]
             targets = [d["instances"].to(self.device) for d in batch]
-            with torch.autocast(
-                self.device.type,
-                dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16,
-                enabled=self.amp != "none",
-            ):
-                losses = self.model(images, targets)
-            terms = [v for k, v in losses.items() if k.startswith("loss_")]
-            if not terms:
-                raise ValueError(f"Trainer: the model returned no `loss_*` entries: {list(losses)}")
-            total = torch.stack([t.float() for t in terms]).sum()  # on the losses' device
-            self._check_finite(total, losses)
-            loss = total / self.iter_size
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            # Under DDP, gradients are all-reduced only on the last pass of an accumulation.
+            last = micro == self.iter_size - 1
+            sync = (
+                contextlib.nullcontext()
+                if last or not isinstance(self.model, DistributedDataParallel)
+                else self.model.no_sync()
+            )
+            with sync:
+                with torch.autocast(
+                    self.device.type,
+                    dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16,
+                    enabled=self.amp != "none",
+                ):
+                    losses = self.model(images, targets)
+                terms = [v for k, v in losses.items() if k.startswith("loss_")]
+                if not terms:
+                    raise ValueError(
+                        f"Trainer: the model returned no `loss_*` entries: {list(losses)}"
+                    )
+                total = torch.stack([t.float() for t in terms]).sum()  # on the losses' device
+                self._check_finite(total, losses)
+                loss = total / self.iter_size
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / self.iter_size
         self._update()
+        sums = _mean_over_processes(sums, self.device)
         self.metrics = {
             **sums,
             "total_loss": sum(v for k, v in sums.items() if k.startswith("loss_")),
@@ -189,7 +216,19 @@ class Trainer:
         }
 
     def _check_finite(self, total: Tensor, losses: dict[str, Tensor]) -> None:
-        if bool(torch.isfinite(total)):
+        finite = bool(torch.isfinite(total))
+        if get_world_size() > 1:
+            # Every process must stop together: one that raised alone would leave the others
+            # blocked in their next collective.
+            flag = torch.tensor([0.0 if finite else 1.0], device=total.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if finite and flag.item() > 0:
+                raise FloatingPointError(
+                    f"the loss of another process is not finite at iteration {self.iter}; "
+                    "training has diverged. The last checkpoint was written before this "
+                    "iteration and is untouched."
+                )
+        if finite:
             return
         values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         raise FloatingPointError(

@@ -396,6 +396,24 @@ def test_shipped_tiny_config_gives_sizes_and_schedule(
     assert run["settings"]["max_iter"] == 1 and run["settings"]["grad_clip"] == 10.0
 
 
+def test_train_on_two_processes(data: dict[str, Path], tmp_path: Path) -> None:
+    # Two CPU processes (gloo) through DDP: batch_size is global, so each loads one image.
+    out = tmp_path / "ddp"
+    args = [*_coco_args(data), "--output", str(out), *RESIZE, "--num-processes", "2"]
+    assert main(["train", *args, "max_iter=3", *FAST]) == 0
+    run = yaml.safe_load((out / "config.yaml").read_text())
+    assert run["world_size"] == 2 and run["settings"]["batch_size"] == 2
+    assert (out / "model_final.pth").is_file() and (out / "model_0000001.pth").is_file()
+    rows = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "total_loss" in r] == [0, 1, 2]  # one writer
+    assert any(k.startswith("bbox/") for r in rows for k in r)  # sharded evaluation gathered
+    # A batch that does not split over the processes is a one-line error from the workers.
+    bad = [*_coco_args(data, val=False), "--output", str(tmp_path / "bad"), *RESIZE]
+    assert (
+        main(["train", *bad, "--num-processes", "2", "max_iter=1", *FAST[:1], "batch_size=3"]) == 2
+    )
+
+
 def test_parse_settings_checks_types() -> None:
     base = TrainSettings()
     s = parse_settings(["steps=[0.5, 0.8]", "grad_clip=None", "base_lr=1", "amp=bf16"], base)
