@@ -229,7 +229,7 @@ def train_detector(
         # Buffers are synchronised once, at the start, not before every forward: FrozenBN
         # statistics never change and SyncBN keeps its own in step; every process starts from
         # rank 0's weights and buffers.
-        no_buffer_sync: dict[str, bool] = (
+        no_buffer_sync: dict[str, Any] = (
             {"forward_sync_buffers": False}
             if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             else {"broadcast_buffers": False}  # torch < 2.13
