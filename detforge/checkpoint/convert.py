@@ -36,7 +36,12 @@ Where the conventions differ (and what the converters do about it):
   std 1; torchvision weights RGB images with ImageNet mean and std (given here in 0-255 units).
   ``ConversionReport.input_format`` / ``pixel_mean`` / ``pixel_std`` say which.
 * **Layout.** torchvision RetinaNet computes P6 from P5 (``p6`` takes ``C`` channels), detforge's
-  zoo from res5 (2048): such weights need ``LastLevelP6P7(..., in_feature="p5")``. torchvision
+  zoo from res5 (2048): such weights need ``LastLevelP6P7(..., in_feature="p5")``.
+  ``ConversionReport.model_kwargs`` records such architecture facts (``stride_in_1x1=False``,
+  ``p6p7_in_feature="p5"``); :func:`main` builds the zoo model with them, gives it the input
+  format and pixel statistics of the report, and stores all of it (with class names: COCO's
+  for 80 classes or torchvision's 90 id-indexed labels, else ``--class-names``) in the
+  checkpoint's metadata, so ``detforge eval``/``predict`` rebuild the same model. torchvision
   pools with ``aligned=False`` RoIAlign, and Detectron boxes use the legacy "+1" pixel
   convention; both give small, systematic box differences that no weight conversion removes.
 """
@@ -69,8 +74,10 @@ __all__ = [
     "convert_detectron",
     "convert_detectron2",
     "convert_torchvision",
+    "class_names_for",
     "main",
     "read_weights",
+    "set_input_normalization",
 ]
 
 logger = logging.getLogger(__name__)
@@ -174,7 +181,67 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("-o", "--output", required=True, help="detforge checkpoint to write")
     parser.add_argument("--strict", action="store_true", help="fail unless every tensor matches")
+    parser.add_argument(
+        "--class-names",
+        metavar="coco|A,B,...",
+        help="class names stored in the checkpoint, in label order; 'coco' for the COCO "
+        "classes (the default when --num-classes is 80, or 90 for torchvision's id-indexed "
+        "labels); otherwise eval/predict show class_0, class_1, ...",
+    )
     return parser.parse_args(argv)
+
+
+def class_names_for(spec: str | None, num_classes: int, source_format: str) -> list[str] | None:
+    """The class names to store: from ``--class-names``, or COCO's when the count says so.
+
+    torchvision's COCO detectors index labels by COCO category id (1-90 with 10 unused ids);
+    converted, label ``j`` is category ``j + 1``, and unused ids are named ``unused_<id>``.
+    """
+    from detforge.data.catalog import COCO_CATEGORIES
+
+    by_id = dict(COCO_CATEGORIES)
+    if spec is None:
+        if num_classes == 80 or (num_classes == 90 and source_format == "torchvision"):
+            spec = "coco"
+        else:
+            return None
+    if spec == "coco":
+        if num_classes == 80:
+            return [n for _, n in COCO_CATEGORIES]
+        if num_classes == 90:
+            return [by_id.get(j + 1, f"unused_{j + 1}") for j in range(90)]
+        raise ValueError(f"convert: --class-names coco needs 80 or 90 classes, not {num_classes}")
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"convert: --class-names gives {len(names)} names for --num-classes {num_classes}"
+        )
+    return names
+
+
+def set_input_normalization(
+    model: torch.nn.Module,
+    input_format: str | None,
+    pixel_mean: Sequence[float] | None,
+    pixel_std: Sequence[float] | None,
+) -> None:
+    """Give ``model`` the channel order and pixel statistics its weights were trained with."""
+    if input_format is not None and hasattr(model, "input_format"):
+        setattr(model, "input_format", input_format)  # noqa: B010 (a plain attribute)
+    for name, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+        buffer = getattr(model, name, None)
+        if values is not None and isinstance(buffer, Tensor):
+            if buffer.numel() != len(values):
+                raise ValueError(
+                    f"{name} has {len(values)} values, the model's {buffer.numel()} channels"
+                )
+            with torch.no_grad():
+                buffer.copy_(torch.tensor(list(values), dtype=buffer.dtype).view_as(buffer))
+
+
+def _buffer_list(model: torch.nn.Module, name: str) -> list[float] | None:
+    buffer = getattr(model, name, None)
+    return [float(v) for v in buffer.flatten()] if isinstance(buffer, Tensor) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,16 +262,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.num_classes <= 0:
         raise ValueError(f"convert: --num-classes must be positive, got {args.num_classes}")
+    names = class_names_for(args.class_names, args.num_classes, args.source_format)
     state, report = CONVERTERS[args.source_format](read_weights(args.src))
     logger.info("%s", report.summary())
-    model = build_model(args.model, num_classes=args.num_classes)
+    kwargs = dict(report.model_kwargs)
+    if "p6p7_in_feature" in kwargs and not args.model.startswith("retinanet"):
+        kwargs.pop("p6p7_in_feature")
+    model = build_model(args.model, num_classes=args.num_classes, **kwargs)
+    set_input_normalization(model, report.input_format, report.pixel_mean, report.pixel_std)
     loaded = load_weights(model, state, adapt_classes=True)
     if args.strict and not loaded.ok:
         logger.error("convert: --strict and the weights do not match:\n%s", loaded.summary())
         return 1
     metadata = {
         "model_name": args.model,
+        "model_kwargs": kwargs,
         "num_classes": args.num_classes,
+        "class_names": names,
+        "input_format": getattr(model, "input_format", None),
+        "pixel_mean": _buffer_list(model, "pixel_mean"),
+        "pixel_std": _buffer_list(model, "pixel_std"),
         "source": {"format": args.source_format, "path": os.path.abspath(args.src)},
         "conversion": report.to_dict(),
         "load": {

@@ -187,9 +187,11 @@ def convert_torchvision(
         _fold_bn_eps(out, source_bn_eps)
         report.notes.append(f"FrozenBN eps {source_bn_eps} folded into norm.weight (eps 1e-5)")
     report.notes.append("pytorch style: build the ResNet with stride_in_1x1=False; RGB input")
+    report.model_kwargs["stride_in_1x1"] = False
     if detection:
         report.notes.append("background moved last / dropped; COCO models have K = 90 (ids - 1)")
     p6 = out.get("backbone.fpn.top_block.p6.weight")
     if p6 is not None and p6.shape[0] == p6.shape[1]:
         report.notes.append("P6 is computed from P5: use LastLevelP6P7(..., in_feature='p5')")
+        report.model_kwargs["p6p7_in_feature"] = "p5"
     return out, report

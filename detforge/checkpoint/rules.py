@@ -63,6 +63,8 @@ class ConversionReport:
         notes: convention differences that apply to these weights.
         input_format: ``"BGR"`` or ``"RGB"`` when known.
         pixel_mean, pixel_std: per-channel normalisation (0-255 units) when known.
+        model_kwargs: keyword arguments of a zoo builder that give the architecture these
+            weights were trained with (e.g. ``{"stride_in_1x1": False}`` for torchvision).
     """
 
     source: str
@@ -73,6 +75,7 @@ class ConversionReport:
     input_format: str | None = None
     pixel_mean: tuple[float, ...] | None = None
     pixel_std: tuple[float, ...] | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Counts, notes, and every dropped and unknown name."""

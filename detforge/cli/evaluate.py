@@ -102,10 +102,17 @@ def _build(data: dict[str, Any], meta: dict[str, Any], k: int, path: str) -> nn.
 
     name = meta.get("model") or meta.get("model_name")
     if name is not None:
+        from detforge.checkpoint.convert import set_input_normalization
+
+        kwargs = meta.get("model_kwargs") or {}
         try:
-            return build_model(str(name), num_classes=k)
-        except KeyError as e:
+            model = build_model(str(name), num_classes=k, **kwargs)
+            set_input_normalization(
+                model, meta.get("input_format"), meta.get("pixel_mean"), meta.get("pixel_std")
+            )
+        except (KeyError, TypeError, ValueError) as e:
             raise CLIError(f"checkpoint {path}: {e.args[0]}") from e
+        return model
     config = data.get("config")
     if meta.get("model_from_config") and config is not None:
         from detforge.config.lazy import instantiate

@@ -18,7 +18,7 @@ GroupNorm (trainable from scratch, unlike FrozenBN), narrow FPN and heads.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -64,8 +64,13 @@ def resnet_fpn_backbone(
     fpn_norm: NormKind = "",
     top_block: Literal["maxpool", "p6p7"] = "maxpool",
     in_features: tuple[str, ...] = ("res2", "res3", "res4", "res5"),
+    p6p7_in_feature: Literal["res5", "p5"] = "res5",
 ) -> BackboneWithFPN:
-    """A ResNet/ResNeXt trunk with an FPN: P2-P6 by max-pool (R-CNN) or P3-P7 (RetinaNet)."""
+    """A ResNet/ResNeXt trunk with an FPN: P2-P6 by max-pool (R-CNN) or P3-P7 (RetinaNet).
+
+    ``p6p7_in_feature``: P6 of ``top_block="p6p7"`` is computed from ``res5`` (RetinaNet paper,
+    detectron2) or from ``p5`` (torchvision's RetinaNet).
+    """
     trunk = ResNet(
         depth=depth,
         out_features=in_features,
@@ -79,7 +84,11 @@ def resnet_fpn_backbone(
     block = (
         LastLevelMaxPool()
         if top_block == "maxpool"
-        else LastLevelP6P7(shapes["res5"].channels, out_channels, in_feature="res5")
+        else LastLevelP6P7(
+            shapes["res5"].channels if p6p7_in_feature == "res5" else out_channels,
+            out_channels,
+            in_feature=p6p7_in_feature,
+        )
     )
     fpn = FPN(shapes, in_features, out_channels, norm=fpn_norm, top_block=block)
     return BackboneWithFPN(trunk, fpn)
@@ -198,55 +207,66 @@ def _std(name: str) -> tuple[float, ...]:
     return X101_STD if name.startswith("x101") else CAFFE_STD
 
 
+_BUILDER_DOC = (
+    "\n\n    Keyword arguments after ``num_classes`` go to :func:`resnet_fpn_backbone` (e.g.\n"
+    '    ``stride_in_1x1=False`` for torchvision weights, ``norm="SyncBN"``).'
+)
+
+
 def _rcnn_builder(trunk: str, mask: bool) -> Callable[..., nn.Module]:
-    def build(num_classes: int = 80) -> nn.Module:
+    def build(num_classes: int = 80, **backbone_kwargs: Any) -> nn.Module:
         return faster_rcnn(
             num_classes=num_classes,
-            backbone=resnet_fpn_backbone(**_trunk(trunk)),
+            backbone=resnet_fpn_backbone(**(_trunk(trunk) | backbone_kwargs)),
             mask=mask,
             pixel_std=_std(trunk),
         )
 
     kind = "Mask" if mask else "Faster"
-    build.__doc__ = f"{kind} R-CNN, {trunk.upper()}-FPN, detectron2 defaults."
+    build.__doc__ = f"{kind} R-CNN, {trunk.upper()}-FPN, detectron2 defaults." + _BUILDER_DOC
     return build
 
 
 def _retina_builder(trunk: str) -> Callable[..., nn.Module]:
-    def build(num_classes: int = 80) -> nn.Module:
+    def build(num_classes: int = 80, **backbone_kwargs: Any) -> nn.Module:
+        kwargs = _trunk(trunk) | {"top_block": "p6p7", "in_features": ("res3", "res4", "res5")}
         return retinanet(
             num_classes=num_classes,
-            backbone=resnet_fpn_backbone(
-                **_trunk(trunk), top_block="p6p7", in_features=("res3", "res4", "res5")
-            ),
+            backbone=resnet_fpn_backbone(**(kwargs | backbone_kwargs)),
             pixel_std=_std(trunk),
         )
 
-    build.__doc__ = f"RetinaNet, {trunk.upper()}-FPN, detectron2 defaults."
+    build.__doc__ = f"RetinaNet, {trunk.upper()}-FPN, detectron2 defaults." + _BUILDER_DOC
     return build
 
 
-def _tiny_backbone(top_block: Literal["maxpool", "p6p7"]) -> BackboneWithFPN:
+def _tiny_backbone(top_block: Literal["maxpool", "p6p7"], **overrides: Any) -> BackboneWithFPN:
     in_features = (
         ("res2", "res3", "res4", "res5") if top_block == "maxpool" else ("res3", "res4", "res5")
     )
-    return resnet_fpn_backbone(
-        depth=18,
-        norm="GN",
-        freeze_at=0,
-        stride_in_1x1=False,
-        out_channels=64,
-        fpn_norm="GN",
-        top_block=top_block,
-        in_features=in_features,
-    )
+    kwargs: dict[str, Any] = {
+        "depth": 18,
+        "norm": "GN",
+        "freeze_at": 0,
+        "stride_in_1x1": False,
+        "out_channels": 64,
+        "fpn_norm": "GN",
+        "top_block": top_block,
+        "in_features": in_features,
+    }
+    return resnet_fpn_backbone(**(kwargs | overrides))
 
 
-def faster_rcnn_r18_fpn_tiny(num_classes: int = 3, *, mask: bool = False) -> GeneralizedRCNN:
-    """A small Faster/Mask R-CNN (ResNet-18 GN, 64-channel FPN, 256-wide head) for CPU."""
+def faster_rcnn_r18_fpn_tiny(
+    num_classes: int = 3, *, mask: bool = False, **backbone_kwargs: Any
+) -> GeneralizedRCNN:
+    """A small Faster/Mask R-CNN (ResNet-18 GN, 64-channel FPN, 256-wide head) for CPU.
+
+    Other keyword arguments go to :func:`resnet_fpn_backbone`.
+    """
     return faster_rcnn(
         num_classes=num_classes,
-        backbone=_tiny_backbone("maxpool"),
+        backbone=_tiny_backbone("maxpool", **backbone_kwargs),
         mask=mask,
         fc_dim=256,
         mask_conv_dim=64,
@@ -259,16 +279,19 @@ def faster_rcnn_r18_fpn_tiny(num_classes: int = 3, *, mask: bool = False) -> Gen
     )
 
 
-def mask_rcnn_r18_fpn_tiny(num_classes: int = 3) -> GeneralizedRCNN:
+def mask_rcnn_r18_fpn_tiny(num_classes: int = 3, **backbone_kwargs: Any) -> GeneralizedRCNN:
     """A small Mask R-CNN for CPU (see :func:`faster_rcnn_r18_fpn_tiny`)."""
-    return faster_rcnn_r18_fpn_tiny(num_classes, mask=True)
+    return faster_rcnn_r18_fpn_tiny(num_classes, mask=True, **backbone_kwargs)
 
 
-def retinanet_r18_fpn_tiny(num_classes: int = 3) -> RetinaNet:
-    """A small RetinaNet (ResNet-18 GN, 64-channel FPN, GN heads) for CPU."""
+def retinanet_r18_fpn_tiny(num_classes: int = 3, **backbone_kwargs: Any) -> RetinaNet:
+    """A small RetinaNet (ResNet-18 GN, 64-channel FPN, GN heads) for CPU.
+
+    Other keyword arguments go to :func:`resnet_fpn_backbone`.
+    """
     return retinanet(
         num_classes=num_classes,
-        backbone=_tiny_backbone("p6p7"),
+        backbone=_tiny_backbone("p6p7", **backbone_kwargs),
         head_norm="GN",
         pixel_mean=(123.675, 116.28, 103.53),
         pixel_std=(58.395, 57.12, 57.375),

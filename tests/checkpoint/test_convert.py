@@ -411,6 +411,47 @@ def test_cli_roundtrip_and_new_num_classes(tmp_path: Path) -> None:
     assert torch.equal(ckpt5["model"][key], model.state_dict()[key])
 
 
+def test_cli_torchvision_retinanet_keeps_its_architecture_and_input(tmp_path: Path) -> None:
+    # torchvision's RetinaNet computes P6 from P5 and expects RGB with ImageNet statistics: the
+    # converted checkpoint must rebuild that model and give the same detections.
+    from detforge.cli.evaluate import model_from_checkpoint
+
+    torch.manual_seed(4)
+    source = zoo.retinanet_r18_fpn_tiny(3, p6p7_in_feature="p5").eval()
+    source.test_score_thresh = 0.0
+    src = tmp_path / "tv_retinanet.pth"
+    torch.save(_to_torchvision(source.state_dict()), src)
+    out = tmp_path / "converted.pth"
+    args = ["--from", "torchvision", str(src), "--model", "retinanet_r18_fpn_tiny"]
+    assert cv.main([*args, "--num-classes", "3", "-o", str(out), "--strict"]) == 0
+    meta = load_checkpoint(out)["metadata"]
+    assert meta["model_kwargs"] == {"stride_in_1x1": False, "p6p7_in_feature": "p5"}
+    assert meta["input_format"] == "RGB" and meta["class_names"] is None
+    assert meta["pixel_std"] == pytest.approx([58.395, 57.12, 57.375])
+
+    model, info = model_from_checkpoint(str(out))
+    assert model.backbone.fpn.top_block.in_feature == "p5"
+    assert info.input_format == "RGB" and info.class_names == ("class_0", "class_1", "class_2")
+    model.test_score_thresh = 0.0
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        want, got = source([image])[0], model([image])[0]
+    assert len(got) == len(want) > 0
+    torch.testing.assert_close(got.boxes, want.boxes)
+    torch.testing.assert_close(got.scores, want.scores)
+
+
+def test_class_names_for_conversions() -> None:
+    coco = cv.class_names_for(None, 80, "detectron2")
+    assert coco is not None and coco[0] == "person" and coco[-1] == "toothbrush"
+    tv = cv.class_names_for(None, 90, "torchvision")  # label j is COCO category j + 1
+    assert tv is not None and tv[0] == "person" and tv[11] == "unused_12" and tv[12] == "stop sign"
+    assert cv.class_names_for(None, 3, "detectron2") is None
+    assert cv.class_names_for("cat, dog", 2, "detectron2") == ["cat", "dog"]
+    with pytest.raises(ValueError, match="2 names for --num-classes 3"):
+        cv.class_names_for("cat,dog", 3, "detectron2")
+
+
 @pytest.mark.parametrize("source", ["caffe2-imagenet", "torchvision"])
 def test_r50_bottleneck_names(source: str) -> None:
     """Bottleneck blocks (conv3 / branch2c, projection shortcuts) of a real ResNet-50."""
