@@ -102,7 +102,7 @@ def test_experiment_config_rebuilds_the_zoo_model(name: str) -> None:
 def test_experiment_config_describes_a_whole_run(name: str, monkeypatch) -> None:
     from omegaconf import OmegaConf
 
-    from detforge.cli.train import _CONFIG_DATA_KEYS
+    from detforge.cli.run_setup import CONFIG_DATA_KEYS as _CONFIG_DATA_KEYS
     from detforge.engine.recipe import TrainSettings
 
     monkeypatch.setenv("DETFORGE_DATASETS", "/data")

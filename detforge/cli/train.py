@@ -35,11 +35,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import logging
 import os
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +48,6 @@ from torch import nn
 
 from detforge.checkpoint.load import load_weights
 from detforge.cli.datasets import (
-    DATA_KEYS,
     CLIError,
     DataSplit,
     add_data_arguments,
@@ -59,6 +55,18 @@ from detforge.cli.datasets import (
     load_train_data,
 )
 from detforge.cli.evaluate import CheckpointInfo, build_eval_fn, has_mask_head, test_mapper
+from detforge.cli.run_setup import (
+    FROM_FLAGS,
+    SETTINGS_FIELDS,
+    config_data,
+    config_model,
+    config_settings,
+    load_config,
+    parse_settings,
+    restore,
+    saved_run,
+    split_items,
+)
 from detforge.data.augmentation import RandomFlip, ResizeShortestEdge
 from detforge.data.mapper import DatasetMapper
 from detforge.engine.checkpointer import Checkpointer
@@ -73,187 +81,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "faster_rcnn_r18_fpn_tiny"
 DEFAULT_MIN_SIZES = (640, 672, 704, 736, 768, 800)  # detectron2's multi-scale training
 DEFAULT_MAX_SIZE = 1333
-_SETTINGS = {f.name: f for f in dataclasses.fields(TrainSettings)}
-_HINTS = typing.get_type_hints(TrainSettings)
-_FROM_FLAGS = {"output_dir": "--output", "resume": "--resume"}
-
-
-def _convert(key: str, value: Any, hint: Any, text: str) -> Any:
-    """``value`` as the type ``hint`` of setting ``key`` (``text``: what the user typed)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    bad = CLIError(f"{key}={text}: expected {getattr(hint, '__name__', hint)}")
-    if origin is Literal:
-        if value not in args:
-            raise CLIError(f"{key}={text}: must be one of {', '.join(map(str, args))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = next(a for a in args if a is not type(None))
-        return _convert(key, value, inner, text)
-    if origin is tuple:
-        items = value if isinstance(value, list | tuple) else [value]
-        return tuple(_convert(key, v, args[0], text) for v in items)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        return float(value)
-    return value if isinstance(value, str) else text
-
-
-def _unknown_setting(key: str) -> CLIError:
-    close = difflib.get_close_matches(key, list(_SETTINGS), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return CLIError(f"unknown setting {key!r}{hint} (TrainSettings fields: {', '.join(_SETTINGS)})")
-
-
-def parse_settings(items: list[str], base: TrainSettings) -> TrainSettings:
-    """Apply ``key=value`` overrides to ``base`` (a copy is returned).
-
-    Values are Python literals (``0.01``, ``[0.7, 0.9]``, ``None``, ``true``) or bare strings,
-    checked against the field's type.
-
-    Raises:
-        CLIError: an item without ``=``, an unknown key (with the closest field names), a value
-            of the wrong type, or a key that a flag sets (``output_dir``, ``resume``).
-    """
-    from detforge.config.lazy import to_py_literal
-
-    changes: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise CLIError(f"expected key=value, got {item!r}")
-        if key in _FROM_FLAGS:
-            raise CLIError(f"{key} is set with {_FROM_FLAGS[key]}, not as key=value")
-        if key not in _SETTINGS:
-            raise _unknown_setting(key)
-        changes[key] = _convert(key, to_py_literal(text), _HINTS[key], text)
-    return dataclasses.replace(base, **changes)
-
-
-def _saved_run(out: Path) -> dict[str, Any]:
-    """The ``run`` description of ``out/config.yaml`` (``{}`` when there is none)."""
-    path = out / "config.yaml"
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text()) or {}
-    run = data.get("run", data) if isinstance(data, dict) else {}
-    return run if isinstance(run, dict) else {}
-
-
-def _restore(args: argparse.Namespace, saved: dict[str, Any], base: TrainSettings) -> TrainSettings:
-    """Fill the flags the user left out from a saved run; the saved settings over ``base``."""
-    if args.coco_json is None and args.voc is None:
-        for k, v in (saved.get("dataset") or {}).items():
-            if getattr(args, k, None) is None:
-                setattr(args, k, v)
-    resize = saved.get("resize") or {}
-    args.min_size = args.min_size or resize.get("train_min_sizes")
-    args.max_size = args.max_size or resize.get("max_size")
-    if args.model is None and args.config is None:
-        args.model = saved.get("model")
-    fields = saved.get("settings") or {}
-    known = {k: v for k, v in fields.items() if k in _SETTINGS and k not in _FROM_FLAGS}
-    return parse_settings([f"{k}={v!r}" for k, v in known.items()], base)
-
-
-def _split_items(items: list[str], config: bool) -> tuple[list[str], list[str]]:
-    """``(settings items, config items)``: config items are those not naming a setting."""
-    settings = [i for i in items if i.partition("=")[0].strip() in _SETTINGS]
-    rest = [i for i in items if i not in settings]
-    if rest and not config:
-        key = rest[0].partition("=")[0].strip()
-        if "." in key:
-            raise CLIError(f"{key!r}: dotted config keys need --config FILE")
-        raise _unknown_setting(key)
-    return settings, rest
-
-
-#: ``dataloader`` keys of a config -> the ``detforge train`` arguments they stand for.
-_CONFIG_DATA_KEYS = {**{k: k for k in DATA_KEYS}, "min_size": "min_size", "max_size": "max_size"}
-
-
-def _load_config(path: str, items: list[str]) -> DictConfig:
-    """Load ``path`` and apply the dotted overrides (CLIError on any problem)."""
-    from detforge.config.lazy import LazyConfig, apply_overrides
-
-    if not Path(path).is_file():
-        raise CLIError(f"--config {path}: no such file")
-    try:
-        cfg = LazyConfig.load(path)
-        if "model" not in cfg:
-            raise CLIError(f"--config {path} has no `model`")
-        apply_overrides(cfg, items)
-    except (ValueError, ModuleNotFoundError, SyntaxError) as e:
-        raise CLIError(f"--config {path}: {e}".splitlines()[0]) from e
-    return cfg
-
-
-def _config_data(args: argparse.Namespace, cfg: DictConfig, path: str) -> Any:
-    """Fill the data flags the user left out from ``cfg.dataloader``; returns its ``mapper``."""
-    from omegaconf import OmegaConf
-
-    loader = cfg.get("dataloader")
-    if loader is None:
-        return None
-    if not isinstance(loader, DictConfig):
-        raise CLIError(f"--config {path}: `dataloader` must be a dict of data arguments")
-    plain = OmegaConf.to_container(loader, resolve=True)
-    assert isinstance(plain, dict)
-    mapper = loader.get("mapper")
-    for raw_key, value in plain.items():
-        key = str(raw_key)
-        if key == "mapper":
-            continue
-        if key not in _CONFIG_DATA_KEYS:
-            close = difflib.get_close_matches(key, list(_CONFIG_DATA_KEYS) + ["mapper"], n=2)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise CLIError(f"--config {path}: unknown key dataloader.{key}{hint}")
-        if key == "min_size" and isinstance(value, int):
-            value = [value]
-        if getattr(args, _CONFIG_DATA_KEYS[key], None) is None:
-            setattr(args, _CONFIG_DATA_KEYS[key], value)
-    return mapper
-
-
-def _config_settings(cfg: DictConfig, path: str) -> TrainSettings | None:
-    """``cfg.train`` built (a ``TrainSettings``), or None when the config has none."""
-    from detforge.config.lazy import instantiate
-
-    if cfg.get("train") is None:
-        return None
-    try:
-        settings = instantiate(cfg.train)
-    except (TypeError, ValueError) as e:
-        raise CLIError(f"--config {path}: train: {e}".splitlines()[0]) from e
-    if not isinstance(settings, TrainSettings):
-        raise CLIError(
-            f"--config {path}: `train` must build a TrainSettings, got {type(settings).__name__}"
-        )
-    return settings
-
-
-def _config_model(cfg: DictConfig, path: str, num_classes: int) -> nn.Module:
-    from detforge.config.lazy import apply_overrides, instantiate
-
-    try:
-        apply_overrides(cfg, [f"model.num_classes={num_classes}"])
-    except ValueError as e:
-        raise CLIError(f"--config {path}: {e}") from e
-    model = instantiate(cfg.model)
-    if not isinstance(model, nn.Module):
-        raise CLIError(f"--config {path}: `model` built a {type(model).__name__}, not a module")
-    return model
 
 
 def _zoo_model(name: str, num_classes: int) -> nn.Module:
@@ -410,10 +237,10 @@ def _run(args: argparse.Namespace) -> int:
     base = TrainSettings()
     if args.output is None and args.config is not None:
         # The config may name the output folder: read it before anything else.
-        found = _config_settings(_load_config(args.config, []), args.config)
+        found = config_settings(load_config(args.config, []), args.config)
         args.output = found.output_dir if found is not None else None
     out = Path(args.output or "output")
-    saved = _saved_run(out) if args.resume else {}
+    saved = saved_run(out) if args.resume else {}
     if (
         args.resume
         and args.config is None
@@ -423,18 +250,18 @@ def _run(args: argparse.Namespace) -> int:
         args.config = str(out / "config.yaml")
     cfg: DictConfig | None = None
     config_mapper = None
-    setting_items, config_items = _split_items(args.overrides, config=args.config is not None)
+    setting_items, config_items = split_items(args.overrides, config=args.config is not None)
     if args.config is not None:
-        cfg = _load_config(args.config, config_items)
-        config_mapper = _config_data(args, cfg, args.config)
-        base = _config_settings(cfg, args.config) or base
+        cfg = load_config(args.config, config_items)
+        config_mapper = config_data(args, cfg, args.config)
+        base = config_settings(cfg, args.config) or base
     if args.resume:
-        base = _restore(args, saved, base)
+        base = restore(args, saved, base)
     # `train.<field>=v` items were applied to the config; they also win over a resumed run.
     for item in config_items:
         key = item.partition("=")[0].strip()
         field = key.removeprefix("train.")
-        if key.startswith("train.") and field in _SETTINGS and field not in _FROM_FLAGS:
+        if key.startswith("train.") and field in SETTINGS_FIELDS and field not in FROM_FLAGS:
             setting_items.append(item.strip().removeprefix("train."))
     args.model = args.model or (None if args.config else DEFAULT_MODEL)
     args.min_size = args.min_size or list(DEFAULT_MIN_SIZES)
@@ -445,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
     k = len(train.metadata.class_names)
     if cfg is not None:
         assert args.config is not None
-        model = _config_model(cfg, args.config, k)
+        model = config_model(cfg, args.config, k)
     else:
         model = _zoo_model(args.model, k)
     masks = has_mask_head(model)
