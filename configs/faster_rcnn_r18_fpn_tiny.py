@@ -6,19 +6,7 @@ box head and RGB ImageNet pixel statistics; 3 classes, as the synthetic dataset 
 
 from .common.data.small_cpu import dataloader  # noqa: F401
 from .common.models.faster_rcnn_fpn import model
-from .common.train import train
-
-# A short CPU schedule from scratch (GroupNorm everywhere): 4 images per batch, no scaling rule.
-train.max_iter = 3000
-train.batch_size = 4
-train.reference_batch_size = None
-train.steps = (0.75, 0.9)
-train.warmup_iters = 100
-train.warmup_factor = 0.01
-train.grad_clip = 10.0
-train.checkpoint_period = 500
-train.eval_period = 500
-train.num_workers = 2
+from .common.train_cpu import train  # noqa: F401
 
 model.num_classes = 3
 model.backbone.depth = 18
