@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from detforge.checkpoint.io import atomic_write
+from detforge.engine.train_loop import get_rng_state
+from detforge.utils.comm import all_gather, get_world_size, is_main_process
 
 __all__ = ["Checkpointer", "unwrap_model"]
 
@@ -62,8 +64,18 @@ class Checkpointer:
         self.config_yaml = config_yaml
         self.extra_state: dict[str, Any] = {}  # e.g. {"ema": ema.state_dict()} set by hooks
 
-    def save(self, name: str) -> Path:
-        """Write ``output_dir/name.pth`` and point ``last_checkpoint`` at it."""
+    def save(self, name: str) -> Path | None:
+        """Write ``output_dir/name.pth`` and point ``last_checkpoint`` at it.
+
+        Under ``torch.distributed`` every process must call it (the RNG states of all ranks are
+        gathered, so that a resumed run draws what the uninterrupted one would have drawn);
+        only rank 0 writes, and the others return ``None``.
+        """
+        rng_per_rank = None
+        if self.trainer is not None and get_world_size() > 1:
+            rng_per_rank = all_gather(get_rng_state())
+        if not is_main_process():
+            return None
         data: dict[str, Any] = {
             "model": unwrap_model(self.model).state_dict(),
             "metadata": self.metadata,
@@ -73,6 +85,8 @@ class Checkpointer:
             data["config"] = self.config_yaml
         if self.trainer is not None:
             data["trainer"] = self.trainer.state_dict()
+            if rng_per_rank is not None:
+                data["trainer"]["rng_per_rank"] = rng_per_rank
         path = self.output_dir / f"{name}.pth"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: torch.save(data, tmp))

@@ -18,7 +18,7 @@ from torch import nn
 
 from detforge.engine.checkpointer import Checkpointer, unwrap_model
 from detforge.engine.train_loop import HookBase
-from detforge.utils.comm import is_main_process
+from detforge.utils.comm import all_gather, is_main_process
 
 __all__ = [
     "EMAHook",
@@ -40,20 +40,15 @@ class PeriodicCheckpointer(HookBase):
         self.checkpointer, self.period = checkpointer, period
 
     def after_step(self) -> None:
-        """Checkpoint on the period (rank 0 only)."""
+        """Checkpoint on the period (every rank calls ``save``; rank 0 writes)."""
         done = self.trainer.iter + 1
-        if done % self.period == 0 and done < self.trainer.max_iter and is_main_process():
+        if done % self.period == 0 and done < self.trainer.max_iter:
             self.checkpointer.save(f"model_{self.trainer.iter:07d}")
 
     def after_train(self) -> None:
         """Final checkpoint when every iteration ran."""
         t = self.trainer
-        if (
-            not t.failed
-            and t.iter >= t.max_iter
-            and t.max_iter > t.start_iter
-            and is_main_process()
-        ):
+        if not t.failed and t.iter >= t.max_iter and t.max_iter > t.start_iter:
             t.iter -= 1  # the state of the last completed iteration
             try:
                 self.checkpointer.save("model_final")
@@ -234,12 +229,10 @@ class EvalHook(HookBase):
         if self.writer is not None:
             self.writer.write(flat, it)
         value = flat.get(self.best_metric or "", math.nan)
-        if (
-            self.checkpointer is not None
-            and math.isfinite(value)
-            and value > self.best
-            and is_main_process()
-        ):
+        # Only rank 0 holds the gathered results: it decides, and every rank follows (saving is
+        # collective under torch.distributed).
+        better = all_gather(math.isfinite(value) and value > self.best)[0]
+        if self.checkpointer is not None and better:
             self.best = value
             self.checkpointer.save("model_best")
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from detforge.utils.comm import get_world_size
+from detforge.utils.comm import get_rank, get_world_size
 
 __all__ = ["HookBase", "Trainer", "get_rng_state", "set_rng_state"]
 
@@ -269,7 +269,18 @@ class Trainer:
         """Continue from :meth:`state_dict`: the next iteration is ``state["iteration"] + 1``."""
         self.iter = self.start_iter = int(state["iteration"]) + 1
         self.optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == get_world_size():
+            set_rng_state(per_rank[get_rank()])  # each process continues its own draws
+        else:
+            if per_rank is not None:
+                logger.warning(
+                    "the checkpoint holds the RNG states of %d processes, this run has %d: "
+                    "every process continues from rank 0's (the run is not bit-exact)",
+                    len(per_rank),
+                    get_world_size(),
+                )
+            set_rng_state(state["rng"])
         self.skipped_samples = int(state.get("skipped_samples", 0))
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
