@@ -151,7 +151,9 @@ def inference_on_dataset(
     Returns:
         The evaluator's metrics, plus a ``"timing"`` group on rank 0: ``num_images``,
         ``total_s`` (the whole loop), ``s_per_image`` (whole loop per image, after warm-up)
-        and ``compute_s_per_image`` (model calls only, after warm-up).
+        and ``compute_s_per_image`` (model calls only, after warm-up). Under
+        ``torch.distributed``: images over all processes, the slowest process's loop, and
+        per-image times per device averaged over the processes.
     """
     if isinstance(evaluator, Sequence):
         evaluator = DatasetEvaluators(evaluator)
@@ -175,6 +177,15 @@ def inference_on_dataset(
     finally:
         if isinstance(model, nn.Module) and was_training is not None:
             model.train(was_training)
+    if comm.get_world_size() > 1:  # every process ran its shard: one timing for the job
+        shards = comm.all_gather(timing)
+        n = len(shards)
+        timing = {
+            "num_images": sum(t["num_images"] for t in shards),
+            "total_s": max(t["total_s"] for t in shards),
+            "s_per_image": sum(t["s_per_image"] for t in shards) / n,
+            "compute_s_per_image": sum(t["compute_s_per_image"] for t in shards) / n,
+        }
     results = evaluator.evaluate()
     if comm.is_main_process():
         results = {**results, "timing": timing}

@@ -104,6 +104,13 @@ def test_eval_from_checkpoint_prints_and_writes_ap(
     results = json.loads(out.read_text())
     assert 0.0 <= results["bbox"]["AP"] <= 100.0
     assert results["timing"]["num_images"] == 3
+    # Sharded over 2 processes and gathered: the same metrics.
+    out2 = tmp_path / "metrics2.json"
+    weights = ["--weights", str(run_dir / "model_final.pth")]
+    assert main(["eval", *weights, *args, "--output", str(out2), "--num-processes", "2"]) == 0
+    sharded = json.loads(out2.read_text())
+    assert sharded["bbox"] == results["bbox"]
+    assert sharded["timing"]["num_images"] == 3
 
 
 def test_predict_folder_writes_images_and_json(
