@@ -447,11 +447,11 @@ def test_bad_constructor_arguments(kwargs, match):
 
 @pytest.mark.parametrize("k", [1, 5, 37, 200, 1000])
 def test_stable_topk_subset_matches_a_full_stable_sort(k):
-    from detforge.modeling.detectors.retinanet import _stable_topk_subset
+    from detforge.modeling.dense_heads.dense_inference import stable_topk_subset
 
     gen = torch.Generator().manual_seed(k)
     scores = torch.randint(0, 20, (500,), generator=gen).float() / 20  # many ties
     indices = torch.randperm(10_000, generator=gen)[:500].sort().values
-    got = _stable_topk_subset(indices, scores, k)
+    got = stable_topk_subset(indices, scores, k)
     ref = indices[scores.sort(descending=True, stable=True).indices[:k]]
     assert torch.equal(got, ref.sort().values)

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from detforge.modeling.anchors import AnchorGenerator
 from detforge.modeling.box_coder import BoxCoder
+from detforge.modeling.dense_heads.dense_inference import dense_detection_inference
 from detforge.modeling.matcher import Matcher
 from detforge.modeling.postprocess import (
     check_original_sizes,
@@ -62,7 +63,6 @@ from detforge.modeling.postprocess import (
 )
 from detforge.ops.focal_loss import sigmoid_focal_loss_from_labels
 from detforge.ops.losses import giou_loss, smooth_l1_loss
-from detforge.ops.nms import batched_nms
 from detforge.structures.boxes import box_iou, nonempty_boxes
 from detforge.structures.image_list import ImageList
 from detforge.structures.instances import Instances
@@ -463,7 +463,8 @@ class RetinaNet(nn.Module):
         deltas: Sequence[Tensor],
         image_size: tuple[int, int],
     ) -> Instances:
-        """Threshold, per-level top-k, decode, class-wise NMS and top detections of one image.
+        """Threshold, per-level top-k, decode, class-wise NMS and top detections of one image
+        (:func:`~detforge.modeling.dense_heads.dense_inference.dense_detection_inference`).
 
         Args:
             anchors (list[Tensor[N_l, 4]]): anchors per level.
@@ -474,39 +475,15 @@ class RetinaNet(nn.Module):
         Returns:
             Instances: ``boxes``, ``scores`` (probabilities) and ``labels``, by decreasing score.
         """
-        boxes_all, scores_all, classes_all = [], [], []
-        for anchors_l, logits_l, deltas_l in zip(anchors, logits, deltas, strict=True):
-            scores = logits_l.sigmoid().flatten()  # [N_l * K]
-            candidates = (scores > self.test_score_thresh).nonzero().squeeze(1)
-            candidates = _stable_topk_subset(
-                candidates, scores[candidates], self.test_topk_candidates
-            )
-            top, order = scores[candidates].sort(descending=True, stable=True)
-            idx = candidates[order]
-            anchor_idx = torch.div(idx, self.num_classes, rounding_mode="floor")
-            boxes_all.append(self.box_coder.decode(deltas_l[anchor_idx], anchors_l[anchor_idx]))
-            scores_all.append(top)
-            classes_all.append(idx % self.num_classes)
-        boxes, scores, classes = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(classes_all)
-        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-        if not bool(finite.all()):
-            logger.warning("RetinaNet: dropping %d non-finite boxes", int((~finite).sum()))
-            boxes, scores, classes = boxes[finite], scores[finite], classes[finite]
-        keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
-        keep = keep[: self.max_detections_per_image]
-        return Instances(image_size, boxes=boxes[keep], scores=scores[keep], labels=classes[keep])
-
-
-def _stable_topk_subset(indices: Tensor, scores: Tensor, k: int) -> Tensor:
-    """The ``k`` best of ``indices`` by score, ties broken by position, in their input order.
-
-    Equal to ``indices[scores.sort(descending=True, stable=True).indices[:k]]`` as a set, but
-    costs a ``topk`` instead of sorting every candidate (up to ``H * W * A * K``, 12 million on
-    P3 of an 800x1333 image when the score threshold lets everything through).
-    """
-    if scores.numel() <= k:
-        return indices
-    kth = scores.topk(k, sorted=False).values.min()
-    above = (scores > kth).nonzero().squeeze(1)
-    ties = (scores == kth).nonzero().squeeze(1)[: k - above.numel()]
-    return indices[torch.cat([above, ties]).sort().values]
+        return dense_detection_inference(
+            anchors,
+            logits,
+            deltas,
+            image_size,
+            box_coder=self.box_coder,
+            num_classes=self.num_classes,
+            score_thresh=self.test_score_thresh,
+            topk_candidates=self.test_topk_candidates,
+            nms_thresh=self.test_nms_thresh,
+            max_detections=self.max_detections_per_image,
+        )
