@@ -172,11 +172,14 @@ class MultiLevelRoIPooler(nn.Module):
             raise ValueError(
                 f"{name}: {len(boxes)} box tensors for a batch of {features[0].shape[0]} images"
             )
-        rois = boxes_to_rois(boxes).to(features[0].dtype)
+        exact = boxes_to_rois(boxes)
+        rois = exact.to(features[0].dtype)
         if len(features) == 1:
             return self._pool(features[0], rois, self.scales[0])
+        # Levels from the boxes' own precision: in half precision the area of a 300 px box
+        # overflows (as detectron2, which casts only for RoIAlign).
         level = assign_boxes_to_levels(
-            rois[:, 1:],
+            exact[:, 1:],
             self.min_level,
             self.max_level,
             canonical_box_size=self.canonical_box_size,

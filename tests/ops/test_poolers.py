@@ -109,3 +109,15 @@ def test_output_size_must_be_ints():
     with pytest.raises(ValueError, match="pair of ints"):
         MultiLevelRoIPooler((7, 7, 7), (1 / 4,))  # type: ignore[arg-type]
     assert MultiLevelRoIPooler((7, 5), (1 / 4,)).output_size == (7, 5)
+
+
+def test_half_precision_features_keep_float32_level_assignment():
+    # A 300 px box has an area (90000) that overflows float16: its level must still come from
+    # the float32 box (P4), as in detectron2, not from the cast one.
+    feats = [torch.zeros(1, 2, 256 // s, 320 // s, dtype=torch.float16) for s in (4, 8, 16, 32)]
+    for i, f in enumerate(feats):
+        f += i  # level i holds the value i
+    pooler = MultiLevelRoIPooler(2, (1 / 4, 1 / 8, 1 / 16, 1 / 32), pooler_type="roi_align_v2")
+    out = pooler(feats, [torch.tensor([[0.0, 0.0, 300.0, 300.0], [0.0, 0.0, 60.0, 60.0]])])
+    assert out.dtype == torch.float16
+    assert out[:, 0, 0, 0].tolist() == [2.0, 0.0]  # P4 (index 2) and P2 (index 0)
