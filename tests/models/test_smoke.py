@@ -124,3 +124,30 @@ def test_channels_last_gives_the_same_detections(name):
         torch.testing.assert_close(a.boxes, b.boxes, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-4)
         assert torch.equal(a.labels, b.labels)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", TINY)
+def test_cuda_train_step_and_detections_match_cpu(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3)
+    if hasattr(model, "test_score_thresh"):
+        model.test_score_thresh = 0.0
+    images, targets = _batch(name.startswith("mask"))
+    gpu_model = build_model(name, num_classes=3).cuda()
+    gpu_model.load_state_dict(model.state_dict())
+    if hasattr(gpu_model, "test_score_thresh"):
+        gpu_model.test_score_thresh = 0.0
+    gpu_model.train()
+    losses = gpu_model([i.cuda() for i in images], [t.to("cuda") for t in targets])
+    assert all(torch.isfinite(v) and v.is_cuda for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    gpu_model.eval()
+    with torch.no_grad():
+        cpu_out = model(images)
+        gpu_out = gpu_model([i.cuda() for i in images])
+    for a, b in zip(cpu_out, gpu_out, strict=True):
+        assert len(a) == len(b) > 0
+        torch.testing.assert_close(b.boxes.cpu(), a.boxes, atol=1e-2, rtol=1e-3)
+        torch.testing.assert_close(b.scores.cpu(), a.scores, atol=1e-3, rtol=1e-3)

@@ -65,3 +65,18 @@ def test_errors_name_the_argument():
         sigmoid_focal_loss_from_labels(x, torch.zeros(4, dtype=torch.long), gamma=-1)
     with pytest.raises(ValueError, match="`chunk_rows`"):
         sigmoid_focal_loss_from_labels(x, torch.zeros(4, dtype=torch.long), chunk_rows=0)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(3000, 80, generator=gen)
+    labels = torch.randint(-1, 81, (3000,), generator=gen)
+    cpu_x = logits.clone().requires_grad_(True)
+    gpu_x = logits.cuda().requires_grad_(True)
+    cpu = sigmoid_focal_loss_from_labels(cpu_x, labels)
+    gpu = sigmoid_focal_loss_from_labels(gpu_x, labels.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-3)
+    (g_cpu,) = torch.autograd.grad(cpu, cpu_x)
+    (g_gpu,) = torch.autograd.grad(gpu, gpu_x)
+    torch.testing.assert_close(g_gpu.cpu(), g_cpu, rtol=1e-4, atol=1e-6)
