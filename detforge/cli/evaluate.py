@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 import yaml
 from torch import nn
 
@@ -231,47 +229,24 @@ def run(args: argparse.Namespace) -> int:
     With ``--num-processes N`` (or under ``torchrun``/``srun``) the images are sharded over the
     processes and the predictions gathered on rank 0, which computes and reports the metrics.
     """
-    from detforge.engine.launch import WorkerError, detect_environment, init_distributed, launch
+    from detforge.cli.distributed import run_distributed
 
-    if args.num_processes < 1:
-        raise CLIError(f"--num-processes must be >= 1, got {args.num_processes}")
-    info = detect_environment()
-    if info is not None and info.world_size > 1 and not dist.is_initialized():
-        if args.num_processes > 1:
-            raise CLIError("--num-processes is for runs without torchrun/srun, which start them")
-        init_distributed(info)
-        try:
-            results, source = _evaluate(args)
-        finally:
-            dist.destroy_process_group()
-        return _report(args, results, source) if info.rank == 0 else 0
-    if args.num_processes > 1:
-        try:
-            outputs = launch(_spawned_evaluate, num_processes=args.num_processes, args=(args,))
-        except WorkerError as e:
-            last = (e.child_traceback.strip().splitlines() or [str(e)])[-1]
-            raise CLIError(f"evaluation process {e.rank} failed: {last}") from e
-        return _report(args, *outputs[0])
-    return _report(args, *_evaluate(args))
+    main, output = run_distributed(
+        _evaluate, args, num_processes=args.num_processes, what="evaluation"
+    )
+    if main:
+        assert output is not None
+        _report(args, *output)
+    return 0
 
 
-def _spawned_evaluate(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], str]:
-    """Body of each process that ``--num-processes`` starts."""
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
-    if args.device == "cuda":
-        args.device = f"cuda:{torch.cuda.current_device()}"
-    return _evaluate(args)
-
-
-def _report(args: argparse.Namespace, results: dict[str, dict[str, float]], source: str) -> int:
+def _report(args: argparse.Namespace, results: dict[str, dict[str, float]], source: str) -> None:
     sys.stdout.write(f"{source}\n{format_metrics(results)}\n")
     if args.output is not None:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, allow_nan=True))
         logger.info("wrote %s", out)
-    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], str]:

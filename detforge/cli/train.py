@@ -36,12 +36,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-import torch.distributed as dist
 import yaml
 from omegaconf import DictConfig
 from torch import nn
@@ -54,6 +51,7 @@ from detforge.cli.datasets import (
     data_arguments,
     load_train_data,
 )
+from detforge.cli.distributed import run_distributed
 from detforge.cli.evaluate import CheckpointInfo, build_eval_fn, has_mask_head, test_mapper
 from detforge.cli.run_setup import (
     FROM_FLAGS,
@@ -70,7 +68,6 @@ from detforge.cli.run_setup import (
 from detforge.data.augmentation import RandomFlip, ResizeShortestEdge
 from detforge.data.mapper import DatasetMapper
 from detforge.engine.checkpointer import Checkpointer
-from detforge.engine.launch import WorkerError, detect_environment, init_distributed, launch
 from detforge.engine.recipe import TrainSettings, train_detector
 from detforge.utils.comm import get_world_size, is_main_process, synchronize
 
@@ -182,50 +179,15 @@ def run(args: argparse.Namespace) -> int:
     the job's process group; with ``--num-processes N`` it starts ``N`` processes on this
     machine itself. Either way every process runs the same training, through DDP.
     """
-    if args.num_processes < 1:
-        raise CLIError(f"--num-processes must be >= 1, got {args.num_processes}")
-    info = detect_environment()
-    if info is not None:
-        if args.num_processes > 1:
-            raise CLIError("--num-processes is for runs without torchrun/srun, which start them")
-        if info.world_size > 1 and not dist.is_initialized():
-            init_distributed(info, backend=args.dist_backend, timeout_s=args.dist_timeout)
-            _quiet_other_ranks()
-            try:
-                return _run(args)
-            finally:
-                dist.destroy_process_group()
-    if args.num_processes > 1:
-        try:
-            launch(
-                _spawned_run,
-                num_processes=args.num_processes,
-                args=(args,),
-                backend=args.dist_backend,
-                timeout_s=args.dist_timeout,
-            )
-        except WorkerError as e:
-            last = (e.child_traceback.strip().splitlines() or [str(e)])[-1]
-            raise CLIError(f"training process {e.rank} failed: {last}") from e
-        return 0
-    return _run(args)
-
-
-def _quiet_other_ranks() -> None:
-    """Progress and info messages from rank 0 only; warnings and errors from every rank."""
-    if not is_main_process():
-        logging.getLogger("detforge").setLevel(logging.WARNING)
-
-
-def _spawned_run(args: argparse.Namespace) -> int:
-    """Body of each process that ``--num-processes`` starts (in a fresh interpreter)."""
-    from detforge.cli import _setup_logging
-
-    _setup_logging()
-    _quiet_other_ranks()
-    if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // get_world_size()))
-    return _run(args)
+    run_distributed(
+        _run,
+        args,
+        num_processes=args.num_processes,
+        backend=args.dist_backend,
+        timeout_s=args.dist_timeout,
+        what="training",
+    )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ raises :class:`WorkerError` in the parent with the child's rank and traceback.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import pickle
@@ -71,6 +72,7 @@ __all__ = [
     "WorkerError",
     "detect_environment",
     "expand_hostlist",
+    "finish_distributed",
     "init_distributed",
     "is_distributed",
     "launch",
@@ -219,8 +221,26 @@ def _worker(
     try:
         result = main_fn(*args)
         torch.save(result, Path(result_dir) / f"result_{info.rank}.pt")
+        finish_distributed()
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # after a failure: no barrier (the others may never come)
+            dist.destroy_process_group()
+
+
+def finish_distributed() -> None:
+    """Leave the default process group cleanly after a successful run.
+
+    Objects that hold the group (a ``DistributedDataParallel`` wrapper kept alive by a
+    reference cycle, say) are freed first, then every process waits for the others, then the
+    group is destroyed. Without this a process could tear the group down (rank 0 owns the
+    rendezvous store) while a peer still uses it, and the peer aborts at exit ("terminate
+    called without an active exception").
+    """
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def launch(
