@@ -23,6 +23,7 @@ reported. Results go to stdout as a Markdown table (and as JSON with ``--json FI
     .venv/bin/python benchmarks/bench_model.py                      # all three, CPU
     .venv/bin/python benchmarks/bench_model.py --models retinanet_r50_fpn --only infer
     .venv/bin/python benchmarks/bench_model.py --device cuda --repeat 10
+    .venv/bin/python benchmarks/bench_model.py --no-channels-last   # NCHW, for comparison
 """
 
 from __future__ import annotations
@@ -110,7 +111,15 @@ def _calibrate_frozen_bn(model, images) -> int:  # noqa: ANN001
     return len(handles)
 
 
-def _run_one(name: str, kind: str, device: str, threads: int, warmup: int, repeat: int) -> dict:
+def _run_one(
+    name: str,
+    kind: str,
+    device: str,
+    threads: int,
+    warmup: int,
+    repeat: int,
+    channels_last: bool = True,
+) -> dict:
     """Time one measurement in this process; returns a result row."""
     import torch
 
@@ -120,6 +129,7 @@ def _run_one(name: str, kind: str, device: str, threads: int, warmup: int, repea
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = build_model(name).to(device)
+    model.channels_last = channels_last
     images = [
         torch.randint(0, 256, (3, HEIGHT, WIDTH), dtype=torch.uint8, generator=generator).to(device)
         for _ in range(2 if kind == "train" else 1)
@@ -174,6 +184,7 @@ def _run_one(name: str, kind: str, device: str, threads: int, warmup: int, repea
         "kind": kind,
         "device": device,
         "threads": threads,
+        "channels_last": channels_last,
         "median_s": statistics.median(times),
         "min_s": min(times),
         "repeat": repeat,
@@ -190,13 +201,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--no-channels-last",
+        action="store_true",
+        help="run the models on NCHW batches (to measure what channels-last gains)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0:
         parser.error("--repeat must be >= 1 and --warmup >= 0")
     if args.one:
-        row = _run_one(*args.one, args.device, args.threads, args.warmup, args.repeat)
+        row = _run_one(
+            *args.one,
+            args.device,
+            args.threads,
+            args.warmup,
+            args.repeat,
+            channels_last=not args.no_channels_last,
+        )
         print(json.dumps(row))
         return 0
 
@@ -208,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--one", name, kind]
             cmd += ["--device", args.device, "--threads", str(args.threads)]
             cmd += ["--warmup", str(args.warmup), "--repeat", str(args.repeat)]
+            cmd += ["--no-channels-last"] if args.no_channels_last else []
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 print(done.stderr, file=sys.stderr)
