@@ -74,43 +74,6 @@ def _targets(device: str, with_masks: bool, generator):  # noqa: ANN001, ANN202
     return out
 
 
-def _calibrate_frozen_bn(model, images) -> int:  # noqa: ANN001
-    """Set every FrozenBN's statistics from one forward pass over ``images``.
-
-    Random convolution weights behind identity FrozenBNs blow activations up layer after layer
-    (to ~1e4 at res5), and the heads then decode degenerate boxes. Trained weights keep
-    activations near unit scale; so does this data-dependent initialisation: each frozen norm
-    gets the mean and variance of its input on the benchmark image, in network order.
-    """
-    import torch
-
-    from detforge.layers.conv import Conv2dNormAct
-    from detforge.layers.norms import FrozenBatchNorm2d
-
-    def hook(module, _inputs, output):  # noqa: ANN001, ANN202
-        norm = module.norm  # identity statistics still: ``output`` is the raw conv output
-        dims = (0, 2, 3)
-        mean, var = output.mean(dims), output.var(dims, unbiased=False)
-        norm.running_mean.copy_(mean)
-        norm.running_var.copy_(var)
-        scale, shift = norm.scale_and_shift()
-        return output * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, Conv2dNormAct) and isinstance(m.norm, FrozenBatchNorm2d)
-    ]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(images[:1])
-    model.train(was_training)
-    for h in handles:
-        h.remove()
-    return len(handles)
-
-
 def _run_one(
     name: str,
     kind: str,
@@ -134,7 +97,9 @@ def _run_one(
         torch.randint(0, 256, (3, HEIGHT, WIDTH), dtype=torch.uint8, generator=generator).to(device)
         for _ in range(2 if kind == "train" else 1)
     ]
-    _calibrate_frozen_bn(model, images)
+    from detforge.modeling.calibration import calibrate_frozen_batchnorm
+
+    calibrate_frozen_batchnorm(model, images[:1])
     if kind == "train":
         targets = _targets(device, name.startswith("mask"), generator)
         model.train()

@@ -1,7 +1,8 @@
 """``detforge benchmark``: time a zoo model's inference (and optionally a training step).
 
-Random ``uint8`` images of ``--size x --size`` pixels, ``--batch`` per call; the first two calls
-are warm-up and not timed. Reports images/s and the peak memory: CUDA's
+Random ``uint8`` images of ``--size x --size`` pixels, ``--batch`` per call, random weights with
+FrozenBN statistics calibrated on the first image (``modeling/calibration.py``); the first two
+calls are warm-up and not timed. Reports images/s and the peak memory: CUDA's
 ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set size
 (``ru_maxrss``, which includes everything the process allocated before) on the CPU.
 """
@@ -93,6 +94,7 @@ def _train_step(model: nn.Module, images: list, targets: list) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``detforge benchmark`` and write its report to stdout."""
+    from detforge.modeling.calibration import calibrate_frozen_batchnorm
     from detforge.modeling.zoo import build_model
 
     for name in ("size", "batch", "iters", "num_classes"):
@@ -108,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     images, targets = random_batch(
         args.batch, args.size, args.num_classes, masks=has_mask_head(model), device=device
     )
+    # Random weights: give the frozen norms data statistics, so that activations (and thus
+    # proposal and detection counts) have a trained model's scale.
+    calibrate_frozen_batchnorm(model, images[:1])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.eval()
