@@ -196,27 +196,23 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError("give --model or --config, not both")
     if args.resume and args.output is None:
         raise CLIError("--resume needs --output, the folder of the run to continue")
-    base = TrainSettings()
-    if args.output is None and args.config is not None:
-        # The config may name the output folder: read it before anything else.
-        found = config_settings(load_config(args.config, []), args.config)
-        args.output = found.output_dir if found is not None else None
+    cfg: DictConfig | None = None
+    if args.config is not None:
+        setting_items, config_items = split_items(args.overrides, config=True)
+        cfg = load_config(args.config, config_items)
+    base = (config_settings(cfg, args.config) if cfg is not None else None) or TrainSettings()
+    if args.output is None and cfg is not None:
+        args.output = base.output_dir  # the config may name the output folder
     out = Path(args.output or "output")
     saved = saved_run(out) if args.resume else {}
-    if (
-        args.resume
-        and args.config is None
-        and args.model is None
-        and saved.get("model_from_config")
-    ):
-        args.config = str(out / "config.yaml")
-    cfg: DictConfig | None = None
-    config_mapper = None
-    setting_items, config_items = split_items(args.overrides, config=args.config is not None)
-    if args.config is not None:
+    if cfg is None and args.resume and args.model is None and saved.get("model_from_config"):
+        args.config = str(out / "config.yaml")  # a config run: continue with its saved config
+        setting_items, config_items = split_items(args.overrides, config=True)
         cfg = load_config(args.config, config_items)
-        config_mapper = config_data(args, cfg, args.config)
         base = config_settings(cfg, args.config) or base
+    if cfg is None:
+        setting_items, config_items = split_items(args.overrides, config=False)
+    config_mapper = config_data(args, cfg, str(args.config)) if cfg is not None else None
     if args.resume:
         base = restore(args, saved, base)
     # `train.<field>=v` items were applied to the config; they also win over a resumed run.
