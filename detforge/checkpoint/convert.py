@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pickle
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -64,7 +63,7 @@ from detforge.checkpoint.from_caffe2 import convert_caffe2_imagenet, convert_det
 from detforge.checkpoint.from_torchvision import convert_torchvision
 from detforge.checkpoint.io import save_checkpoint
 from detforge.checkpoint.load import load_weights
-from detforge.checkpoint.pickle_safe import UnsafePickleError, load_pickle
+from detforge.checkpoint.pickle_safe import load_pickle, torch_load_safe
 from detforge.checkpoint.rules import ConversionReport, Dropped, Mapped, apply_rule, as_tensor
 
 __all__ = [
@@ -153,12 +152,7 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
     if source.endswith(".pkl"):
         data = load_pickle(source)
     else:
-        try:
-            data = torch.load(source, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise UnsafePickleError(
-                f"read_weights: {source} needs unrestricted pickle; refusing ({e})"
-            ) from e
+        data = torch_load_safe(source, "read_weights")
     for key in ("model", "blobs", "state_dict"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]

@@ -32,7 +32,6 @@ import contextlib
 import importlib
 import json
 import os
-import pickle
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -43,7 +42,7 @@ import yaml
 from torch import Tensor, nn
 
 import detforge
-from detforge.checkpoint.pickle_safe import UnsafePickleError
+from detforge.checkpoint.pickle_safe import torch_load_safe
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "atomic_write", "load_checkpoint", "save_checkpoint"]
 
@@ -284,15 +283,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if source.endswith(".safetensors"):
         data = _load_safetensors(source)
     else:
-        try:
-            data = torch.load(source, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise UnsafePickleError(
-                f"load_checkpoint: {source} needs unrestricted pickle to load; refusing "
-                f"(weights_only=True rejected it: {str(e).splitlines()[0]})"
-            ) from e
-        except (RuntimeError, EOFError) as e:
-            raise ValueError(f"load_checkpoint: {source} is not a readable torch file ({e})") from e
+        data = torch_load_safe(source, "load_checkpoint")
     data = dict(_validate(data, source))
     if isinstance(data.get("config"), str):
         try:

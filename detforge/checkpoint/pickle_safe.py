@@ -27,7 +27,13 @@ import os
 import pickle
 from typing import Any
 
-__all__ = ["ALLOWED_GLOBALS", "RestrictedUnpickler", "UnsafePickleError", "load_pickle"]
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "RestrictedUnpickler",
+    "UnsafePickleError",
+    "load_pickle",
+    "torch_load_safe",
+]
 
 #: ``(module, name)`` pairs that :class:`RestrictedUnpickler` resolves.
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
@@ -108,3 +114,28 @@ def load_pickle(path: str | os.PathLike[str], *, encoding: str = "latin1") -> An
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
             raise UnsafePickleError(f"{source}: not a readable pickle ({e})") from e
+
+
+def torch_load_safe(path: str, owner: str) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with errors that name the file.
+
+    Args:
+        path: a ``torch.save`` file.
+        owner: the function name used in error messages.
+
+    Raises:
+        UnsafePickleError: the file needs unrestricted pickle (classes or callables beyond
+            tensors and containers); nothing from it is executed.
+        ValueError: the file is not a readable torch file (truncated, another format).
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafePickleError(
+            f"{owner}: {path} needs unrestricted pickle to load; refusing "
+            f"(weights_only=True rejected it: {str(e).splitlines()[0]})"
+        ) from e
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"{owner}: {path} is not a readable torch file ({e})") from e
