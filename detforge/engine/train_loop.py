@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from detforge.utils.comm import get_rank, get_world_size
+from detforge.utils.comm import get_rank, get_world_size, reduce_mean
 
 __all__ = ["HookBase", "Trainer", "get_rng_state", "set_rng_state"]
 
@@ -33,9 +33,7 @@ def _mean_over_processes(values: dict[str, float], device: torch.device) -> dict
     if get_world_size() == 1 or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= get_world_size()
+    t = reduce_mean(torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device))
     return dict(zip(keys, t.tolist(), strict=True))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "is_main_process",
+    "reduce_mean",
     "synchronize",
 ]
 
@@ -39,6 +41,22 @@ def synchronize() -> None:
     """Barrier across all processes; a no-op when not distributed or with a single process."""
     if get_world_size() > 1:
         dist.barrier()
+
+
+@torch.no_grad()
+def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` averaged over all processes (a collective every process must call).
+
+    Without an initialised group of more than one process, ``tensor`` itself (detached).
+    Integer tensors are averaged in float64.
+    """
+    world = get_world_size()
+    if world == 1:
+        return tensor.detach()
+    total = tensor.detach().to(torch.float64 if not tensor.is_floating_point() else tensor.dtype)
+    total = total.clone()
+    dist.all_reduce(total)
+    return total / world
 
 
 def all_gather(obj: Any) -> list[Any]:

@@ -48,7 +48,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from detforge.modeling.anchors import AnchorGenerator
@@ -66,7 +65,7 @@ from detforge.ops.losses import giou_loss, smooth_l1_loss
 from detforge.structures.boxes import box_iou, nonempty_boxes
 from detforge.structures.image_list import ImageList
 from detforge.structures.instances import Instances
-from detforge.utils.comm import get_world_size
+from detforge.utils.comm import reduce_mean
 
 __all__ = ["RetinaNet"]
 
@@ -95,21 +94,6 @@ def _count(value: object, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{_FN}: `{name}` must be an int, got {value!r}")
     return int(_number(value, name, low))
-
-
-@torch.no_grad()
-def _mean_over_processes(count: Tensor) -> float:
-    """``count`` (a scalar int64 tensor) summed over all processes, divided by their number.
-
-    Without an initialised process group of more than one process, just ``count``. Otherwise a
-    collective (an all-reduce on ``count``'s device) that every process must call.
-    """
-    world_size = get_world_size()
-    if world_size == 1:
-        return float(count.item())
-    total = count.detach().to(torch.int64).clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return float(total.item()) / world_size
 
 
 def _pixel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
@@ -401,7 +385,7 @@ class RetinaNet(nn.Module):
         gt_labels = torch.stack(list(labels))  # [B, N]
         valid = gt_labels >= 0
         fg = valid & (gt_labels != self.num_classes)
-        num_fg = _mean_over_processes(fg.sum())
+        num_fg = float(reduce_mean(fg.sum()))  # a collective under DDP (see the module doc)
         m = self.loss_normalizer_momentum
         self.loss_normalizer = m * self.loss_normalizer + (1 - m) * max(num_fg, 1.0)
 
