@@ -94,15 +94,17 @@ def _train_step(model: nn.Module, images: list, targets: list) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``detforge benchmark`` and write its report to stdout."""
+    from detforge.engine.recipe import resolve_device
     from detforge.modeling.calibration import calibrate_frozen_batchnorm
     from detforge.modeling.zoo import build_model
 
     for name in ("size", "batch", "iters", "num_classes"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise CLIError(f"--device: {e}") from e
     try:
         model = build_model(args.model, num_classes=args.num_classes).to(device)
     except KeyError as e:

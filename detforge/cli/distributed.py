@@ -95,9 +95,6 @@ def _spawned(body: Callable[[argparse.Namespace], Any], args: argparse.Namespace
 
     _setup_logging()
     _quiet_other_ranks()
-    if torch.cuda.is_available():
-        if getattr(args, "device", None) == "cuda":
-            args.device = f"cuda:{torch.cuda.current_device()}"  # this process's GPU
-    else:  # share the cores instead of oversubscribing them
+    if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // get_world_size()))
     return body(args)

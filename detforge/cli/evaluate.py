@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 from torch import nn
 
@@ -32,7 +31,7 @@ from detforge.data.augmentation import ResizeShortestEdge
 from detforge.data.loader import build_test_loader
 from detforge.data.mapper import DatasetMapper
 from detforge.engine.checkpointer import Checkpointer
-from detforge.engine.recipe import evaluate_coco
+from detforge.engine.recipe import evaluate_coco, resolve_device
 from detforge.evaluation.evaluator import inference_on_dataset
 from detforge.evaluation.voc_eval import VOCEvaluator
 
@@ -261,16 +260,12 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], st
             args.max_size or info.max_size,
         )
     data = load_data(args, voc_default="test", class_names=info.class_names)
-    if args.device != "cpu":
-        model.to(_device(args.device))
+    try:
+        model.to(resolve_device(args.device))
+    except ValueError as e:
+        raise CLIError(f"--device: {e}") from e
     evaluate = build_eval_fn(data, test_mapper(info), masks=has_mask_head(model))
     return evaluate(model), f"{data.source}: {len(data.records)} images"
-
-
-def _device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -286,7 +281,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="write the metrics as JSON to this file")
     p.add_argument("--min-size", type=int, help="test shortest edge (default: the checkpoint's)")
     p.add_argument("--max-size", type=int, help="test longest-edge cap (default: checkpoint's)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (this process's GPU) or cuda:N")
     p.add_argument(
         "--num-processes",
         type=int,

@@ -130,17 +130,25 @@ class TrainSettings:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> this process's GPU (``cuda:{current}``) when CUDA is available, else CPU."""
+    """A device from its name: ``"auto"`` is this process's GPU when CUDA is available, else
+    the CPU; ``"cuda"`` is this process's GPU (``cuda:{current_device}``, which
+    ``init_distributed`` sets to the local rank); ``"cpu"`` and ``"cuda:N"`` as named.
+
+    Raises:
+        ValueError: an unknown name, or a CUDA device on a machine without CUDA.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("TrainSettings.device is 'cuda' but CUDA is not available")
-        return torch.device("cuda", torch.cuda.current_device())
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"TrainSettings.device: {e}") from e
+        raise ValueError(f"device {name!r}: {e}") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def build_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
