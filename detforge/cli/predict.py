@@ -25,46 +25,23 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from detforge.cli.datasets import CLIError
-from detforge.cli.evaluate import CheckpointInfo, model_from_checkpoint
-from detforge.data.augmentation import ResizeShortestEdge
+from detforge.cli.evaluate import model_from_checkpoint
 from detforge.data.errors import DataError
 from detforge.data.mapper import read_image
+from detforge.predictor import predict_image
 from detforge.structures.instances import Instances
 from detforge.structures.masks import rle_encode
 from detforge.utils.visualizer import draw_instances
 
-__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "add_parser", "predict_image", "run"]
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "add_parser", "run"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 _DECODERS = ("av", "imageio", "cv2")
-
-
-def predict_image(model: nn.Module, image: np.ndarray, info: CheckpointInfo) -> Instances:
-    """Detections of ``model`` on one image, in the image's own coordinates.
-
-    Args:
-        model: the detector, in eval mode.
-        image: ``uint8 [H, W, 3]`` RGB.
-        info: the checkpoint's test resize and channel order.
-
-    Returns:
-        Instances with ``boxes`` (Tensor[N, 4], xyxy pixels of ``image``), ``scores``,
-        ``labels`` and, for mask models, ``masks`` (Tensor[N, H, W] bool), on the CPU.
-    """
-    resize = ResizeShortestEdge((info.min_size,), max_size=info.max_size, sample_style="choice")
-    resized = resize.get_transform(image, np.random.default_rng(0)).apply_image(image)
-    if info.input_format == "BGR":
-        resized = resized[..., ::-1]
-    x = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)  # [3, H', W'] uint8
-    with torch.no_grad():
-        det = model([x], original_sizes=[image.shape[:2]])[0]
-    return det.to(torch.device("cpu"))
 
 
 def _video_frames(path: Path) -> Iterator[np.ndarray]:
