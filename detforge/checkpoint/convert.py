@@ -220,6 +220,8 @@ def set_input_normalization(
     pixel_std: Sequence[float] | None,
 ) -> None:
     """Give ``model`` the channel order and pixel statistics its weights were trained with."""
+    if input_format not in (None, "RGB", "BGR"):
+        raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
     if input_format is not None and hasattr(model, "input_format"):
         setattr(model, "input_format", input_format)  # noqa: B010 (a plain attribute)
     for name, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
