@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from detforge.config.targets import check_targets, resolve_target
+
 __all__ = [
     "L",
     "LazyCall",
@@ -124,10 +126,12 @@ def _build(node: Any, path: str) -> Any:
     target = node[TARGET]
     where = f"`{path or '<root>'}`"
     if isinstance(target, str):
-        try:
-            target = locate(target)
-        except ImportError as e:
-            raise ValueError(f"instantiate: {where}: {TARGET} {e}") from e
+        # An import path comes from data (a YAML dump, a checkpoint): only allowed callables.
+        if target == _name(locate):
+            resolve_target(kwargs.get("path"), f"instantiate: {where}.path")
+            target = locate
+        else:
+            target = resolve_target(target, f"instantiate: {where}")
     if not callable(target):
         raise TypeError(f"instantiate: {where}: {TARGET} is not callable: {target!r}")
     try:
@@ -211,6 +215,11 @@ class LazyConfig:
     def load(path: str | PathLike[str]) -> DictConfig:
         """Execute a ``.py`` config in a fresh namespace, or read a ``.yaml`` dump.
 
+        A ``.py`` config is code and runs: load only files you trust. A ``.yaml`` config is
+        data: its ``_target_`` paths must pass :func:`detforge.config.targets.check_targets`
+        (:class:`~detforge.config.targets.UnsafeConfigError` otherwise), and nothing is imported
+        before they do.
+
         Args:
             path: the file. Public top-level names of a Python config holding config values
                 (lazy calls, containers, scalars) become keys; imports and ``_names`` do not.
@@ -228,6 +237,7 @@ class LazyConfig:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         if not isinstance(data, dict):
             raise ValueError(f"LazyConfig.load: {file}: top level must be a mapping")
+        check_targets(data, str(file))  # a YAML config is data: it never names arbitrary code
         return DictConfig(data, flags=_FLAGS)
 
     @staticmethod
@@ -313,7 +323,7 @@ def _params(node: object) -> set[str] | None:
         return set()
     target = node[TARGET]
     try:
-        sig = inspect.signature(locate(target) if isinstance(target, str) else target)
+        sig = inspect.signature(resolve_target(target) if isinstance(target, str) else target)
     except (ImportError, TypeError, ValueError):
         return set()
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from detforge.config import (
@@ -70,8 +71,11 @@ def test_instantiate_nested_calls_lists_and_tuples() -> None:
 
 
 def test_instantiate_plain_containers_and_string_targets() -> None:
-    cfg = {"a": [{"_target_": "datetime.timedelta", "days": 2}, "s"], "b": {"c": None}}
-    assert instantiate(cfg) == {"a": [timedelta(days=2), "s"], "b": {"c": None}}
+    from detforge.engine.recipe import TrainSettings
+
+    target = "detforge.engine.recipe.TrainSettings"
+    cfg = {"a": [{"_target_": target, "max_iter": 2}, "s"], "b": {"c": None}}
+    assert instantiate(cfg) == {"a": [TrainSettings(max_iter=2), "s"], "b": {"c": None}}
     assert instantiate([1, (2, 3)]) == [1, (2, 3)]
     assert instantiate(7) == 7 and instantiate("text") == "text"
 
@@ -212,7 +216,7 @@ def test_bad_overrides_are_rejected(item: str, message: str) -> None:
 def test_save_load_round_trip(tmp_path: Path) -> None:
     cfg = _root(
         n=2,
-        model=L(SimpleNamespace)(
+        model=dict(
             layer=L(torch.nn.Linear)(in_features=3, out_features="${n}"),
             act=torch.nn.ReLU,
             sizes=(1, 2),
@@ -229,9 +233,11 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     a = instantiate(cfg.model)
     torch.manual_seed(0)
     b = instantiate(loaded.model)
-    assert isinstance(b.layer, torch.nn.Linear) and b.layer.out_features == 2
-    assert torch.equal(a.layer.weight, b.layer.weight) and torch.equal(a.layer.bias, b.layer.bias)
-    assert b.act is torch.nn.ReLU and list(b.sizes) == [1, 2] and b.opts == a.opts
+    assert isinstance(b["layer"], torch.nn.Linear) and b["layer"].out_features == 2
+    assert torch.equal(a["layer"].weight, b["layer"].weight) and torch.equal(
+        a["layer"].bias, b["layer"].bias
+    )
+    assert b["act"] is torch.nn.ReLU and list(b["sizes"]) == [1, 2] and b["opts"] == a["opts"]
     LazyConfig.save(loaded, tmp_path / "again.yaml")  # a loaded dump saves to the same text
     assert (tmp_path / "again.yaml").read_text() == text
 
@@ -305,3 +311,26 @@ def test_config_file_must_not_build_objects(tmp_path: Path) -> None:
     eager = _write(tmp_path, "eager.py", "import torch\nmodel = torch.nn.Linear(2, 2)\n")
     with pytest.raises(ValueError, match=r"eager\.py: top-level name 'model' is a Linear"):
         LazyConfig.load(eager)
+
+
+def test_yaml_configs_are_data_and_never_name_arbitrary_code(tmp_path: Path) -> None:
+    from detforge.config.targets import UnsafeConfigError
+
+    marker = tmp_path / "pwned"
+    payloads = [
+        {"_target_": "subprocess.run", "args": ["touch", str(marker)]},
+        {"_target_": "detforge.modeling.zoo.os.system", "command": f"touch {marker}"},
+        {"_target_": "detforge.config.lazy.locate", "path": "os.system"},
+        {"_target_": "detforge.cli.main", "argv": ["--help"]},
+        {"_target_": "builtins.exec", "source": f"open({str(marker)!r}, 'w')"},
+    ]
+    for i, payload in enumerate(payloads):
+        path = tmp_path / f"c{i}.yaml"
+        path.write_text(yaml.safe_dump({"model": {"inner": [payload]}}))
+        with pytest.raises(UnsafeConfigError, match=str(path)):
+            LazyConfig.load(path)
+        with pytest.raises(UnsafeConfigError, match="refusing"):
+            instantiate({"model": {"inner": [payload]}})  # also when built without loading
+    assert not marker.exists()
+    ok = {"_target_": "detforge.config.lazy.locate", "path": "torch.nn.ReLU"}
+    assert instantiate(ok) is torch.nn.ReLU
