@@ -206,8 +206,13 @@ def check_xyxy_box(
         return None, ("invalid_bbox", f"width {x2 - x1:g} or height {y2 - y1:g} is negative")
     if x2 == x1 or y2 == y1:
         return None, ("empty_bbox", f"zero-area box {[x1, y1, x2, y2]}")
-    clipped = [min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
-    clipped += [min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
+    w, h = float(width), float(height)  # the box stays 4 floats when clipped to the border
+    clipped = [
+        min(max(x1, 0.0), w),
+        min(max(y1, 0.0), h),
+        min(max(x2, 0.0), w),
+        min(max(y2, 0.0), h),
+    ]
     outside = x1 < -tolerance or y1 < -tolerance
     outside = outside or x2 > width + tolerance or y2 > height + tolerance
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
@@ -235,11 +240,17 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
         ``(height, width)`` in pixels.
 
     Raises:
-        OSError: the file is missing or not an image PIL can identify.
+        OSError: the file is missing, not an image PIL can identify, or one PIL refuses to open
+            (a header claiming more than ``PIL.Image.MAX_IMAGE_PIXELS``, a decompression bomb;
+            a malformed header): PIL's other errors are re-raised as ``OSError`` with the same
+            message, so callers catch one type.
     """
-    with Image.open(path) as img:
-        w, h = img.size
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise OSError(f"{type(exc).__name__}: {exc}") from exc
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
@@ -261,7 +272,11 @@ def check_image_file(
         ``"unreadable_image"`` or ``"image_size_mismatch"``.
     """
     p = Path(path)
-    if not p.is_file():
+    try:
+        exists = p.is_file()
+    except OSError as exc:  # e.g. a name too long for the file system
+        return "missing_image", f"image file {p} cannot be looked up: {exc}"
+    if not exists:
         return "missing_image", f"image file {p} does not exist"
     if height is None or width is None:
         return None

@@ -195,6 +195,62 @@ BAD_ANNOTATIONS = {
         "segmentation",
         0,
     ),
+    # Ids that are containers (once `TypeError: unhashable type`), bools or missing.
+    "category_id_list": ([_ann(category_id=[3])], "invalid_id", "category_id", 0),
+    "category_id_dict": ([_ann(category_id={"id": 3})], "invalid_id", "category_id", 0),
+    "category_id_bool": ([_ann(category_id=True)], "invalid_id", "category_id", 0),
+    "category_id_missing": ([_ann(category_id=None)], "invalid_id", "category_id", 0),
+    "image_id_list": ([_ann(image_id=[5])], "invalid_id", "image_id", 0),
+    "image_id_dict": ([_ann(image_id={"id": 5})], "invalid_id", "image_id", 0),
+    "id_list": ([_ann([1])], "invalid_id", "id", 1),  # kept, without its id
+    "id_dict": ([_ann({"a": 1})], "invalid_id", "id", 1),
+    # Numbers Python reads but no float holds (once `OverflowError`).
+    "huge_int_bbox": ([_ann(bbox=[10**400, 3, 10, 5])], "invalid_bbox", "bbox", 0),
+    "huge_int_polygon": (
+        [_ann(segmentation=[[1, 1, 5, 1, 5, 10**400], [1, 1, 5, 1, 5, 5]])],
+        "invalid_polygon",
+        "segmentation",
+        1,
+    ),
+    # A vertex at 1e8 once crashed the mapper: pycocotools' rasteriser segfaults.
+    "polygon_far_outside": (
+        [_ann(segmentation=[[1, 1, 1e8, 1, 5, 5], [1, 1, 5, 1, 5, 5]])],
+        "invalid_polygon",
+        "segmentation",
+        1,
+    ),
+    # Segmentations that give an empty mask (once dropped silently by the mapper).
+    "polygon_outside": (
+        [_ann(segmentation=[[31, 1, 40, 1, 40, 9], [1, 1, 5, 1, 5, 5]])],  # x >= width 30
+        "polygon_outside_image",
+        "segmentation",
+        1,
+    ),
+    "rle_empty": (
+        [_ann(segmentation={"size": [20, 30], "counts": [600]})],
+        "empty_segmentation",
+        "segmentation",
+        0,
+    ),
+    "rle_empty_compressed": (
+        [_ann(segmentation={"size": [20, 30], "counts": "hb0"})],  # 600 zeros
+        "empty_segmentation",
+        "segmentation",
+        0,
+    ),
+    # Compressed counts pycocotools would decode to uninitialised or out-of-bounds memory.
+    "rle_short_compressed": (
+        [_ann(segmentation={"size": [20, 30], "counts": "0"})],
+        "invalid_segmentation",
+        "segmentation",
+        0,
+    ),
+    "rle_truncated_compressed": (
+        [_ann(segmentation={"size": [20, 30], "counts": "h"})],  # a run cut short
+        "invalid_segmentation",
+        "segmentation",
+        0,
+    ),
 }
 
 

@@ -5,10 +5,14 @@
 * ``bbox`` xywh becomes xyxy and is clipped to the image (see ``errors.check_xyxy_box``);
 * ``category_id`` becomes the contiguous label: the file's category ids, sorted, map to
   ``0 .. K-1`` (:attr:`CocoCategories.dataset_id_to_contiguous`);
-* ``segmentation`` is kept as the file has it: a list of polygons (polygons with fewer than
-  3 points, an odd number of coordinates or non-finite values are dropped and counted) or an RLE
-  dict, compressed (``counts`` a string) or uncompressed (``counts`` a list of run lengths);
-  an empty list (box-only annotation) is omitted from the record;
+* ``segmentation`` is kept as the file has it: a list of polygons or an RLE dict, compressed
+  (``counts`` a string, decoded here to check that its runs cover the image) or uncompressed
+  (``counts`` a list of run lengths); an empty list (box-only annotation) is omitted from the
+  record. Polygons with fewer than 3 points, an odd number of coordinates, non-finite values or
+  a vertex more than one image side outside the image are dropped and counted, and so are
+  polygons that lie entirely outside the image (``polygon_outside_image``). An annotation left
+  with no polygon, or whose RLE has no foreground pixel, is dropped and counted as
+  ``empty_segmentation``: its mask would be empty;
 * ``keypoints`` become continuous coordinates: ``+0.5`` to ``x`` and ``y`` of every labelled
   point (``v > 0``); unlabelled points (``v == 0``) are kept as the file has them (``0, 0, 0``);
 * ``iscrowd`` (default 0), ``area`` (as the file states it) and the annotation ``id`` are kept;
@@ -16,8 +20,13 @@
 
 Problems are reported through :class:`detforge.data.errors.DataReport` (see that module for
 ``strict``). A syntax error in the JSON, a missing ``images`` or ``categories`` key and an invalid
-category list are always fatal. A missing ``annotations`` key is allowed (COCO's test-set
-``image_info`` files have none) and gives records without annotations. Annotation positions in
+category list (an empty one included: a detector needs at least one class) are always fatal. An
+``image_id`` or ``category_id`` that is missing or not a scalar id (a list, a dict, a bool) drops
+its annotation (``invalid_id``); an annotation ``id`` of that kind is reported the same way and
+the annotation is kept without it. A missing ``annotations`` key is allowed (COCO's test-set
+``image_info`` files have none) and gives records without annotations; a file that yields no
+annotation at all (no key, an empty list, or every annotation dropped) is loaded but logged as a
+warning with the image count, since nothing can be trained on it. Annotation positions in
 messages are indices into the file's ``annotations`` list.
 """
 
@@ -26,10 +35,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from detforge.data.errors import DataError, DataReport, check_image_file, check_xyxy_box
 
@@ -72,6 +84,11 @@ def _read_json(path: Path) -> dict[str, Any]:
         ) from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text: {exc}", kind="json_syntax", path=path) from exc
+    except ValueError as exc:  # e.g. an integer literal over Python's 4300-digit limit
+        raise DataError(f"malformed JSON: {exc}", kind="json_syntax", path=path) from exc
+    except RecursionError as exc:
+        msg = "malformed JSON: containers nested too deeply"
+        raise DataError(msg, kind="json_syntax", path=path) from exc
     if not isinstance(data, dict):
         msg = f"top level must be a JSON object, got {type(data).__name__}"
         raise DataError(msg, kind="missing_key", path=path)
@@ -99,14 +116,18 @@ def coco_categories(data: dict[str, Any], path: str | Path = "<memory>") -> Coco
         CocoCategories: contiguous labels follow the sorted category ids.
 
     Raises:
-        DataError: a category without an int ``id`` or a str ``name``, duplicate ids, or
-            categories that define different keypoint lists.
+        DataError: no category, a category without an int ``id`` or a str ``name``, duplicate
+            ids, ``keypoints`` that are not a list of names, a ``skeleton`` that is not a list
+            of int pairs, or categories that define different keypoint lists.
     """
     cats = data.get("categories")
     if not isinstance(cats, list):
         raise DataError(
             "top-level key is missing", kind="missing_key", path=path, field="categories"
         )
+    if not cats:
+        msg = "is empty: a detector needs at least one category"
+        raise DataError(msg, kind="invalid_category", path=path, field="categories")
     by_id: dict[int, dict[str, Any]] = {}
     for k, cat in enumerate(cats):
         ok = isinstance(cat, dict) and isinstance(cat.get("name"), str)
@@ -117,6 +138,7 @@ def coco_categories(data: dict[str, Any], path: str | Path = "<memory>") -> Coco
             msg = f"category id {cat['id']} appears twice"
             raise DataError(msg, kind="invalid_category", path=path, field="categories")
         by_id[cat["id"]] = cat
+        _check_keypoint_fields(cat, k, path)
     ids = sorted(by_id)
     kp_lists = {tuple(c["keypoints"]) for c in cats if c.get("keypoints")}
     if len(kp_lists) > 1:
@@ -136,6 +158,20 @@ def coco_categories(data: dict[str, Any], path: str | Path = "<memory>") -> Coco
     )
 
 
+def _check_keypoint_fields(cat: dict[str, Any], k: int, path: str | Path) -> None:
+    """Raise unless the category's ``keypoints`` are names and its ``skeleton`` int pairs."""
+    kps, skeleton = cat.get("keypoints"), cat.get("skeleton")
+    if kps and (not isinstance(kps, list) or not all(isinstance(n, str) for n in kps)):
+        msg = f"category {k}: must be a list of keypoint names, got {reprlib.repr(kps)}"
+        raise DataError(msg, kind="invalid_category", path=path, field="keypoints")
+    pairs = isinstance(skeleton, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(_is_int(v) for v in p) for p in skeleton
+    )
+    if skeleton and not pairs:
+        msg = f"category {k}: must be a list of [int, int] pairs, got {reprlib.repr(skeleton)}"
+        raise DataError(msg, kind="invalid_category", path=path, field="skeleton")
+
+
 def load_coco_metadata(json_file: str | Path) -> CocoCategories:
     """Read only the category metadata of a COCO file (the whole file is parsed).
 
@@ -149,8 +185,60 @@ def load_coco_metadata(json_file: str | Path) -> CocoCategories:
     return coco_categories(_read_json(path), path)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite int or float; ints too large for a float (``1e400`` written out) are not."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def _id_problem(value: Any, what: str, *, allow_str: bool) -> str | None:
+    """Why ``value`` cannot be an id, or ``None``; a float passes (``5.0`` finds id 5)."""
+    if value is None:
+        return "is missing"
+    scalars: tuple[type, ...] = (int, float, str) if allow_str else (int, float)
+    if isinstance(value, bool) or not isinstance(value, scalars):
+        kind = "an int or str" if allow_str else "an int"
+        return f"must be {kind} {what} id, got {type(value).__name__} {reprlib.repr(value)}"
+    return None
+
+
+def _rle_string_counts(s: str) -> list[int] | None:
+    """The run lengths of a COCO compressed RLE string; ``None`` when it is malformed.
+
+    pycocotools' ``rleFrString`` format: each run is a little-endian base-32 number written as
+    characters ``'0' + c`` (``c & 0x20``: more follow; ``c & 0x10`` on the last: negative); runs
+    after the third are deltas from the run two places before. Decoded here because pycocotools
+    checks none of it: runs short of ``H * W`` decode to uninitialised memory, and a truncated
+    string is read past its end. Runs over 7 characters (2**34 pixels) count as malformed.
+    """
+    if not s.isascii():
+        return None
+    c = np.frombuffer(s.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return []
+    if ((c < 0) | (c > 63)).any() or c[-1] & 0x20:
+        return None
+    ends = np.flatnonzero((c & 0x20) == 0)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > 7:
+        return None
+    shift = 5 * (np.arange(c.size) - np.repeat(starts, lengths))  # 5 * position in the number
+    values = np.add.reduceat((c & 0x1F) << shift, starts)
+    negative = (c[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * lengths[negative])
+    counts = values.copy()
+    counts[1::2] = np.cumsum(values[1::2])  # run 3 adds run 1, run 5 adds run 3, ...
+    counts[2::2] = np.cumsum(values[2::2])  # run 4 adds run 2, ...; run 0 stands alone
+    return [int(v) for v in counts]
 
 
 class _CocoParser:
@@ -213,21 +301,41 @@ class _CocoParser:
         kp_len = 3 * len(cats.keypoint_names)
         seen_ids: set[Any] = set()
         for k, ann in enumerate(anns):
-            iid = ann.get("image_id") if isinstance(ann, dict) else None
+            if not isinstance(ann, dict):
+                msg = f"must be a JSON object, got {type(ann).__name__} {reprlib.repr(ann)}"
+                self.problem("invalid_annotation", msg, annotation=k)
+                continue
+            iid = ann.get("image_id")
+            bad = _id_problem(iid, "image", allow_str=True)
+            if bad is not None:
+                self.problem("invalid_id", bad, annotation=k, field="image_id")
+                continue
             if iid not in records:
-                msg = f"refers to unknown image id {iid!r}"
+                msg = f"refers to unknown image id {reprlib.repr(iid)}"
                 self.problem("unknown_image", msg, annotation=k, field="image_id")
                 continue
             where = {"record": iid, "annotation": k}
-            if ann.get("category_id") not in cats.dataset_id_to_contiguous:
-                msg = f"unknown category id {ann.get('category_id')!r}"
+            cid = ann.get("category_id")
+            bad = _id_problem(cid, "category", allow_str=False)
+            if bad is not None:
+                self.problem("invalid_id", bad, field="category_id", **where)
+                continue
+            if cid not in cats.dataset_id_to_contiguous:
+                msg = f"unknown category id {reprlib.repr(cid)}"
                 self.problem("unknown_category", msg, field="category_id", **where)
                 continue
             if "id" in ann:
-                if ann["id"] in seen_ids:
-                    msg = f"annotation id {ann['id']!r} is not unique (annotation kept)"
-                    self.problem("duplicate_annotation_id", msg, field="id", **where)
-                seen_ids.add(ann["id"])
+                bad = _id_problem(ann["id"], "annotation", allow_str=True)
+                if bad is not None:
+                    msg = f"{bad} (annotation kept without it)"
+                    self.problem("invalid_id", msg, field="id", **where)
+                    ann = {key: v for key, v in ann.items() if key != "id"}
+                else:
+                    if ann["id"] in seen_ids:
+                        aid = reprlib.repr(ann["id"])
+                        msg = f"annotation id {aid} is not unique (annotation kept)"
+                        self.problem("duplicate_annotation_id", msg, field="id", **where)
+                    seen_ids.add(ann["id"])
             out = self.annotation(ann, records[iid], cats, kp_len, where)
             if out is not None:
                 records[iid]["annotations"].append(out)
@@ -292,8 +400,9 @@ class _CocoParser:
 
     def segmentation(self, segm: Any, record: dict[str, Any], where: dict[str, Any]) -> Any:
         """Checked segmentation; ``None`` to omit the field, ``False`` to drop the annotation."""
+        height, width = record["height"], record["width"]
         if isinstance(segm, dict):
-            return self.rle(segm, record["height"], record["width"], where)
+            return self.rle(segm, height, width, where)
         if not isinstance(segm, list):
             msg = f"must be a list of polygons or an RLE dict, got {type(segm).__name__}"
             self.problem("invalid_segmentation", msg, field="segmentation", **where)
@@ -308,6 +417,13 @@ class _CocoParser:
             elif len(poly) < 6:
                 msg = f"polygon {j} has {len(poly)} coordinates (< 6, fewer than 3 points); dropped"
                 self.problem("short_polygon", msg, field="segmentation", **where)
+            elif _far_outside(poly[0::2], width) or _far_outside(poly[1::2], height):
+                msg = f"polygon {j} has a vertex more than one image side outside the "
+                msg += f"{width}x{height} image; dropped"
+                self.problem("invalid_polygon", msg, field="segmentation", **where)
+            elif _outside(poly[0::2], width) or _outside(poly[1::2], height):
+                msg = f"polygon {j} lies entirely outside the {width}x{height} image; dropped"
+                self.problem("polygon_outside_image", msg, field="segmentation", **where)
             else:
                 polygons.append([float(v) for v in poly])
         if not polygons:
@@ -317,21 +433,35 @@ class _CocoParser:
         return polygons
 
     def rle(self, rle: dict[str, Any], height: int, width: int, where: dict[str, Any]) -> Any:
+        """Checked RLE (its runs must cover the image); ``False`` to drop the annotation."""
         size, counts = rle.get("size"), rle.get("counts")
+        runs: list[int] | None = None
         problem = None
         if size != [height, width]:
-            problem = (
-                f"RLE size {size!r} differs from the image's [height, width] {[height, width]}"
-            )
+            shown = reprlib.repr(size)
+            problem = f"RLE size {shown} differs from the image's [height, width] {[height, width]}"
         elif isinstance(counts, list):
             if not all(isinstance(c, int) and c >= 0 for c in counts):
                 problem = "uncompressed RLE counts must be non-negative ints"
             elif sum(counts) != height * width:
                 problem = f"uncompressed RLE counts sum to {sum(counts)}, not {height * width}"
-        elif not isinstance(counts, str):
+            runs = counts
+        elif isinstance(counts, str):
+            runs = _rle_string_counts(counts)
+            if runs is None:
+                problem = f"compressed RLE counts {reprlib.repr(counts)} are not a COCO RLE string"
+            elif any(r < 0 for r in runs):
+                problem = f"compressed RLE has a negative run: {reprlib.repr(runs)}"
+            elif sum(runs) != height * width:
+                problem = f"compressed RLE runs sum to {sum(runs)}, not {height * width}"
+        else:
             problem = f"RLE counts must be a str or a list, got {type(counts).__name__}"
         if problem is not None:
             self.problem("invalid_segmentation", problem, field="segmentation", **where)
+            return False
+        if runs is not None and not any(runs[1::2]):
+            msg = "the RLE has no foreground pixel; annotation dropped"
+            self.problem("empty_segmentation", msg, field="segmentation", **where)
             return False
         return {"size": [height, width], "counts": counts}
 
@@ -366,8 +496,34 @@ class _CocoParser:
         return kept
 
 
+def _outside(coords: list[float], limit: int) -> bool:
+    """Whether the coordinates all lie at or below 0, or all at or above ``limit``."""
+    return max(coords) <= 0 or min(coords) >= limit
+
+
+def _far_outside(coords: list[float], limit: int) -> bool:
+    """Whether a coordinate lies more than ``limit`` outside ``[0, limit]``: no annotation has
+    cause to, and pycocotools' rasteriser takes seconds from about 1e6 and crashes from 1e8."""
+    return min(coords) < -limit or max(coords) > 2 * limit
+
+
+_MAX_SIDE = 2**31 - 1  # image sides beyond int32 are no image: refused as invalid
+
+
 def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= _MAX_SIDE
+
+
+def _warn_no_annotations(source: str, data: dict[str, Any], n_images: int) -> None:
+    n_file = len(data.get("annotations", []))
+    if "annotations" not in data:
+        why = "the file has no `annotations` key"
+    elif n_file == 0:
+        why = "its `annotations` list is empty"
+    else:
+        why = f"all {n_file} of its annotations were dropped (see the data problems above)"
+    msg = "%s: no annotations in %d image(s): %s; fine to predict on, nothing to train on"
+    logger.warning(msg, source, n_images, why)
 
 
 def load_coco_json(
@@ -403,12 +559,17 @@ def load_coco_json(
 
     Returns:
         list[dict]: one record per image, in the file's image order (see
-        ``detforge/data/__init__.py`` for the fields); ``bbox`` is xyxy, absolute pixels.
+        ``detforge/data/__init__.py`` for the fields); ``bbox`` is xyxy, absolute pixels. When
+        the records hold no annotation at all (no ``annotations`` key, an empty list, or every
+        annotation dropped), they are still returned and a warning says so with the image
+        count; it is not a data problem (``strict=True`` does not raise), since test-set image
+        lists have no annotations.
 
     Raises:
         FileNotFoundError: ``json_file`` does not exist.
         DataError: malformed JSON (with line and column), missing top-level keys or invalid
-            categories; with ``strict=True``, any problem.
+            categories (an empty list included); with ``strict=True``, any problem. Bad data
+            never raises anything else.
     """
     path = Path(json_file)
     local = DataReport()
@@ -431,6 +592,8 @@ def load_coco_json(
     source = dataset_name or str(path)
     logger.info("%s: loaded %d images, %d annotations", source, len(records), n_anns)
     local.log(source, logger)
+    if n_anns == 0:
+        _warn_no_annotations(source, data, len(records))
     if report is not None:
         report.merge(local)
     return records

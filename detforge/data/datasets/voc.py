@@ -78,12 +78,15 @@ def _text(node: ET.Element, path: str) -> str | None:
     return found.text.strip()
 
 
+_MAX_SIDE = 2**31 - 1  # image sides beyond int32 are no image: treated as a missing size
+
+
 def _positive_int(text: str | None) -> int | None:
     try:
         value = int(float(text)) if text is not None else 0
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc", "nan"; "inf", "1e400"
         return None
-    return value if value > 0 else None
+    return value if 0 < value <= _MAX_SIDE else None
 
 
 def _flag(text: str | None) -> bool:
@@ -199,9 +202,17 @@ def _find_image(parsed: _Parsed, image_dirs: Sequence[Path]) -> Path | None:
     for folder in image_dirs:
         for name in names:
             candidate = folder / name
-            if candidate.is_file():
+            if _is_file(candidate):
                 return candidate
     return None
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, false also for names the file system refuses (too long, ...)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _xml_files(root: Path, ann_dir: Path, split: str | None, reader: _VocReader) -> list[Path]:
