@@ -21,35 +21,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from detforge.cli.evaluate import CheckpointInfo, model_from_checkpoint
-from detforge.data.augmentation import ResizeShortestEdge
+from detforge.checkpoint.spec import ModelSpec
 from detforge.data.mapper import read_image
 from detforge.engine.recipe import resolve_device
+from detforge.inference import load_model, predict_image
 from detforge.structures.instances import Instances
 
-__all__ = ["Predictor", "predict_image"]
-
-
-def predict_image(model: nn.Module, image: np.ndarray, info: CheckpointInfo) -> Instances:
-    """Detections of ``model`` on one image, in the image's own coordinates.
-
-    Args:
-        model: the detector, in eval mode.
-        image: ``uint8 [H, W, 3]`` RGB.
-        info: the checkpoint's test resize and channel order.
-
-    Returns:
-        Instances with ``boxes`` (Tensor[N, 4], xyxy pixels of ``image``), ``scores``,
-        ``labels`` and, for mask models, ``masks`` (Tensor[N, H, W] bool), on the CPU.
-    """
-    resize = ResizeShortestEdge((info.min_size,), max_size=info.max_size, sample_style="choice")
-    resized = resize.get_transform(image, np.random.default_rng(0)).apply_image(image)
-    if info.input_format == "BGR":
-        resized = resized[..., ::-1]
-    x = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)  # [3, H', W'] uint8
-    with torch.no_grad():
-        det = model([x], original_sizes=[image.shape[:2]])[0]
-    return det.to(torch.device("cpu"))
+__all__ = ["Predictor"]
 
 
 class Predictor:
@@ -57,7 +35,7 @@ class Predictor:
 
     Args:
         model: the detector (put in eval mode and moved to ``device``).
-        info: what the checkpoint says about it (class names, channel order, test resize).
+        spec: what the checkpoint says about it (class names, channel order, test resize).
         device: ``"auto"`` (a GPU when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         score_threshold: detections scoring below it are dropped.
     """
@@ -65,7 +43,7 @@ class Predictor:
     def __init__(
         self,
         model: nn.Module,
-        info: CheckpointInfo,
+        spec: ModelSpec,
         *,
         device: str = "auto",
         score_threshold: float = 0.0,
@@ -74,7 +52,7 @@ class Predictor:
             raise ValueError(f"Predictor: score_threshold must be in [0, 1], got {score_threshold}")
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
-        self.info = info
+        self.spec = spec
         self.score_threshold = score_threshold
 
     @classmethod
@@ -84,16 +62,17 @@ class Predictor:
         """Build the checkpoint's model and load its weights (safely: no code runs).
 
         Raises:
-            detforge.cli.CLIError: a missing or unreadable file, or a checkpoint that does not
-                name its model or does not fit it (one-line message naming the file).
+            FileNotFoundError: no such file.
+            ValueError: an unreadable checkpoint, one that does not say which model it holds
+                or whose weights do not fit it; the message names the file.
         """
-        model, info = model_from_checkpoint(str(path))
-        return cls(model, info, device=device, score_threshold=score_threshold)
+        model, spec = load_model(path)
+        return cls(model, spec, device=device, score_threshold=score_threshold)
 
     @property
     def class_names(self) -> tuple[str, ...]:
         """The names of the labels, in label order."""
-        return self.info.class_names
+        return self.spec.class_names
 
     def __call__(self, image: str | Path | np.ndarray | Image.Image) -> Instances:
         """Detect objects in one image.
@@ -120,7 +99,7 @@ class Predictor:
         else:
             raise TypeError(f"Predictor: unsupported image type {type(image).__name__}")
         with torch.inference_mode():
-            det = predict_image(self.model, array, self.info)
+            det = predict_image(self.model, array, self.spec)
         if det.scores is not None and self.score_threshold > 0:
             det = det[det.scores >= self.score_threshold]
         return det

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from detforge.checkpoint.spec import ModelSpec
 from detforge.data.augmentation import RandomFlip, ResizeShortestEdge
 from detforge.data.datasets.coco import load_coco_json
 from detforge.data.datasets.synthetic import (
@@ -25,8 +26,10 @@ from detforge.data.datasets.synthetic import (
     generate_synthetic_coco,
 )
 from detforge.data.mapper import DatasetMapper, read_image
+from detforge.engine.checkpointer import clear_run
 from detforge.engine.hooks import EvalHook
-from detforge.engine.recipe import TrainSettings, evaluate_coco, train_detector
+from detforge.engine.recipe import TrainSettings, evaluate_coco, seed_everything, train_detector
+from detforge.inference import test_mapper as make_test_mapper
 from detforge.modeling.zoo import mask_rcnn_r18_fpn_tiny
 from detforge.utils.plot import plot_metrics, read_metrics
 from detforge.utils.visualizer import draw_instances
@@ -39,7 +42,10 @@ DATA_SPEC = SyntheticSpec(
     num_train=200, num_val=50, min_size=128, max_size=160, max_objects=4,
     min_object=0.12, max_object=0.3, seed=0,
 )  # fmt: skip
-TEST_SIZE = 144
+SPEC = ModelSpec(
+    class_names=SYNTHETIC_CLASSES, builder="mask_rcnn_r18_fpn_tiny", input_format="RGB",
+    min_size=144, max_size=200,
+)  # fmt: skip
 
 
 def _mappers() -> tuple[DatasetMapper, DatasetMapper]:
@@ -47,11 +53,7 @@ def _mappers() -> tuple[DatasetMapper, DatasetMapper]:
         [ResizeShortestEdge((128, 144, 160), max_size=200, sample_style="choice"), RandomFlip()],
         is_train=True, image_format="RGB", use_masks=True, mask_format="bitmask",
     )  # fmt: skip
-    test = DatasetMapper(
-        [ResizeShortestEdge((TEST_SIZE,), max_size=200, sample_style="choice")],
-        is_train=False, image_format="RGB",
-    )  # fmt: skip
-    return train, test
+    return train, make_test_mapper(SPEC)
 
 
 def _draw_predictions(model: torch.nn.Module, records: list[dict], mapper, out: Path) -> Path:
@@ -78,7 +80,10 @@ def run(output: Path, *, max_iter: int = 900, resume: bool = False, num_workers:
     train_records = load_coco_json(paths["train_json"], paths["train_images"])
     val_records = load_coco_json(paths["val_json"], paths["val_images"])
     train_mapper, test_mapper = _mappers()
-    torch.manual_seed(0)
+    if not resume and (output / "train").is_dir():
+        logger.info("starting the quickstart again: replacing the run in %s", output / "train")
+        clear_run(output / "train")
+    seed_everything(0)
     model = mask_rcnn_r18_fpn_tiny(num_classes=len(SYNTHETIC_CLASSES))
     settings = TrainSettings(
         output_dir=str(output / "train"), max_iter=max_iter, batch_size=4, base_lr=0.02,
@@ -95,7 +100,7 @@ def run(output: Path, *, max_iter: int = 900, resume: bool = False, num_workers:
 
     trainer = train_detector(
         model, train_records, train_mapper, settings, evaluate=evaluate,
-        metadata={"class_names": list(SYNTHETIC_CLASSES), "model": "mask_rcnn_r18_fpn_tiny"},
+        metadata={"model_spec": SPEC.to_dict(), "class_names": list(SYNTHETIC_CLASSES)},
     )  # fmt: skip
     evals = [h for h in trainer.hooks if isinstance(h, EvalHook)]
     results = evals[0].history[-1][1] if evals and evals[0].history else {}

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from detforge.checkpoint.io import save_checkpoint
-from detforge.cli import CLIError
 from detforge.modeling.zoo import build_model
 from detforge.predictor import Predictor
 
@@ -60,7 +59,7 @@ def test_predictor_errors(checkpoint: Path, tmp_path: Path) -> None:
         predictor(np.zeros((10, 10), np.uint8))
     with pytest.raises(TypeError, match="unsupported image type"):
         predictor(42)  # type: ignore[arg-type]
-    with pytest.raises(CLIError, match="no such file"):
-        Predictor.from_checkpoint(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        Predictor.from_checkpoint(tmp_path / "missing.pth")  # a library error, not the CLI's
     with pytest.raises(ValueError, match="score_threshold"):
         Predictor.from_checkpoint(checkpoint, score_threshold=2.0)

@@ -49,6 +49,7 @@ Where the conventions differ (and what the converters do about it):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -65,6 +66,7 @@ from detforge.checkpoint.io import save_checkpoint
 from detforge.checkpoint.load import load_weights
 from detforge.checkpoint.pickle_safe import load_pickle, torch_load_safe
 from detforge.checkpoint.rules import ConversionReport, Dropped, Mapped, apply_rule, as_tensor
+from detforge.checkpoint.spec import ModelSpec
 
 __all__ = [
     "CONVERTERS",
@@ -76,7 +78,6 @@ __all__ = [
     "class_names_for",
     "main",
     "read_weights",
-    "set_input_normalization",
 ]
 
 logger = logging.getLogger(__name__)
@@ -213,31 +214,9 @@ def class_names_for(spec: str | None, num_classes: int, source_format: str) -> l
     return names
 
 
-def set_input_normalization(
-    model: torch.nn.Module,
-    input_format: str | None,
-    pixel_mean: Sequence[float] | None,
-    pixel_std: Sequence[float] | None,
-) -> None:
-    """Give ``model`` the channel order and pixel statistics its weights were trained with."""
-    if input_format not in (None, "RGB", "BGR"):
-        raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
-    if input_format is not None and hasattr(model, "input_format"):
-        setattr(model, "input_format", input_format)  # noqa: B010 (a plain attribute)
-    for name, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
-        buffer = getattr(model, name, None)
-        if values is not None and isinstance(buffer, Tensor):
-            if buffer.numel() != len(values):
-                raise ValueError(
-                    f"{name} has {len(values)} values, the model's {buffer.numel()} channels"
-                )
-            with torch.no_grad():
-                buffer.copy_(torch.tensor(list(values), dtype=buffer.dtype).view_as(buffer))
-
-
-def _buffer_list(model: torch.nn.Module, name: str) -> list[float] | None:
+def _buffer_list(model: torch.nn.Module, name: str) -> tuple[float, ...] | None:
     buffer = getattr(model, name, None)
-    return [float(v) for v in buffer.flatten()] if isinstance(buffer, Tensor) else None
+    return tuple(float(v) for v in buffer.flatten()) if isinstance(buffer, Tensor) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,8 +232,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         int: 0 on success, 1 when ``--strict`` and the weights do not cover the model.
     """
-    from detforge.modeling.zoo import build_model
-
     args = _parse_args(argv)
     if args.num_classes <= 0:
         raise ValueError(f"convert: --num-classes must be positive, got {args.num_classes}")
@@ -264,20 +241,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs = dict(report.model_kwargs)
     if "p6p7_in_feature" in kwargs and not args.model.startswith("retinanet"):
         kwargs.pop("p6p7_in_feature")
-    model = build_model(args.model, num_classes=args.num_classes, **kwargs)
-    set_input_normalization(model, report.input_format, report.pixel_mean, report.pixel_std)
+    fmt = report.input_format if report.input_format in ("RGB", "BGR") else None
+    spec = ModelSpec(
+        class_names=tuple(names or (f"class_{i}" for i in range(args.num_classes))),
+        builder=args.model,
+        model_kwargs=kwargs,
+        input_format=fmt,  # type: ignore[arg-type]
+        pixel_mean=None if report.pixel_mean is None else tuple(report.pixel_mean),
+        pixel_std=None if report.pixel_std is None else tuple(report.pixel_std),
+    )
+    model = spec.build(f"convert: {args.model}")  # the input normalisation is built in
     loaded = load_weights(model, state, adapt_classes=True)
     if args.strict and not loaded.ok:
         logger.error("convert: --strict and the weights do not match:\n%s", loaded.summary())
         return 1
+    spec = dataclasses.replace(
+        spec,
+        input_format=getattr(model, "input_format", None),
+        pixel_mean=_buffer_list(model, "pixel_mean"),
+        pixel_std=_buffer_list(model, "pixel_std"),
+    )
     metadata = {
-        "model_name": args.model,
-        "model_kwargs": kwargs,
-        "num_classes": args.num_classes,
-        "class_names": names,
-        "input_format": getattr(model, "input_format", None),
-        "pixel_mean": _buffer_list(model, "pixel_mean"),
-        "pixel_std": _buffer_list(model, "pixel_std"),
+        "model_spec": spec.to_dict(),
+        "class_names": list(spec.class_names),
         "source": {"format": args.source_format, "path": os.path.abspath(args.src)},
         "conversion": report.to_dict(),
         "load": {

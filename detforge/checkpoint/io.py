@@ -232,8 +232,25 @@ def _load_safetensors(path: str) -> dict[str, Any]:
     }
 
 
+def _upgrade_legacy(data: object) -> object:
+    """A training checkpoint of detforge <= 0.1's ``Checkpointer`` (``model``, ``metadata``,
+    ``config``, ``trainer`` and hook state at the top level) in the current layout."""
+    if not isinstance(data, dict) or "format" in data or not isinstance(data.get("model"), dict):
+        return data
+    if "trainer" not in data and "metadata" not in data:
+        return data  # a bare state dict wrapped in {"model": ...} is not ours
+    top = ("model", "metadata", "config")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **{k: data.get(k) for k in top},
+        "extra": {k: v for k, v in data.items() if k not in top},
+    }
+
+
 def _validate(data: object, path: str) -> dict[str, Any]:
     fn = "load_checkpoint"
+    data = _upgrade_legacy(data)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(
             f"{fn}: {path} is not a detforge checkpoint (no 'format': 'detforge' entry); "
@@ -290,6 +307,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             data["config"] = yaml.safe_load(data["config"])
         except yaml.YAMLError as e:
             raise ValueError(f"load_checkpoint: {source}: field 'config' is not YAML: {e}") from e
-    data.setdefault("metadata", {})
-    data.setdefault("extra", {})
+    for field in ("metadata", "extra"):
+        if data.get(field) is None:
+            data[field] = {}
     return data

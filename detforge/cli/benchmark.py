@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from detforge.cli.datasets import CLIError
-from detforge.cli.evaluate import has_mask_head
+from detforge.inference import has_mask_head
 from detforge.structures.instances import Instances
 
 __all__ = ["add_parser", "random_batch", "run", "time_calls"]

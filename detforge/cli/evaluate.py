@@ -1,10 +1,10 @@
 """``detforge eval``: rebuild a model from a checkpoint alone and evaluate it on a dataset.
 
-A checkpoint names its model in ``metadata``: ``detforge train`` writes ``{"model": zoo name,
-"class_names", "input_format", "min_size", "max_size"}`` (or ``"model": None`` with the resolved
-LazyConfig in the checkpoint's ``config`` for ``--config`` runs), and ``detforge convert`` writes
-``{"model_name", "num_classes"}``. Both the training checkpoints of ``Checkpointer`` and
-``save_checkpoint`` files are read, always with ``torch.load(weights_only=True)``.
+Every detforge checkpoint (of ``detforge train`` or ``detforge convert``, ``.pth`` or
+``.safetensors``) holds a model spec: its builder or model config, class names, channel order,
+pixel statistics and test resize. It is read with ``torch.load(weights_only=True)`` and a stored
+config may only name detforge's own builders (see ``detforge.inference.load_model``): loading a
+checkpoint never runs code from it.
 
 COCO data is scored with COCO AP (``evaluate_coco``), VOC data with Pascal VOC AP
 (``VOCEvaluator``: AP50 and the COCO-style mean over IoU 0.50:0.95).
@@ -18,148 +18,41 @@ import logging
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
 from torch import nn
 
-from detforge.checkpoint.load import load_weights
+from detforge.checkpoint.spec import ModelSpec
 from detforge.cli.datasets import CLIError, DataSplit, add_eval_data_arguments, load_data
-from detforge.data.augmentation import ResizeShortestEdge
 from detforge.data.loader import build_test_loader
 from detforge.data.mapper import DatasetMapper
-from detforge.engine.checkpointer import Checkpointer
 from detforge.engine.recipe import evaluate_coco, resolve_device
 from detforge.evaluation.evaluator import inference_on_dataset
 from detforge.evaluation.voc_eval import VOCEvaluator
+from detforge.inference import has_mask_head, load_model, test_mapper, with_test_size
 
 __all__ = [
-    "CheckpointInfo",
     "add_parser",
     "build_eval_fn",
+    "checkpoint_model",
     "format_metrics",
-    "has_mask_head",
-    "model_from_checkpoint",
     "run",
-    "test_mapper",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Test-time resize when a checkpoint does not say (detectron2's defaults).
-DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 800, 1333
-
 EvalFn = Callable[[nn.Module], dict[str, dict[str, float]]]
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What a checkpoint says about its model.
-
-    Attributes:
-        model: zoo name, or ``None`` when the model came from a config.
-        class_names: the K class names in label order.
-        input_format: channel order the model takes, ``"RGB"`` or ``"BGR"``.
-        min_size: test-time shortest edge.
-        max_size: test-time cap on the longest edge.
-    """
-
-    model: str | None
-    class_names: tuple[str, ...]
-    input_format: Literal["RGB", "BGR"]
-    min_size: int
-    max_size: int
-
-
-def has_mask_head(model: nn.Module) -> bool:
-    """Whether ``model`` predicts instance masks (an R-CNN with a mask head)."""
-    return getattr(getattr(model, "roi_heads", None), "mask_head", None) is not None
-
-
-def _read(path: str) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise CLIError(f"--weights {path}: no such file")
+def checkpoint_model(path: str, flag: str = "--weights") -> tuple[nn.Module, ModelSpec]:
+    """:func:`detforge.inference.load_model`, its errors as one-line ``CLIError``s."""
     try:
-        return Checkpointer.load(path)
-    except RuntimeError as e:
-        raise CLIError(str(e).splitlines()[0]) from e
-
-
-def _class_names(meta: dict[str, Any], path: str) -> tuple[str, ...]:
-    names = meta.get("class_names")
-    if names is None and isinstance(meta.get("num_classes"), int):
-        names = [f"class_{i}" for i in range(meta["num_classes"])]
-    if not names:
-        raise CLIError(f"checkpoint {path} has no metadata 'class_names' (or 'num_classes')")
-    return tuple(str(n) for n in names)
-
-
-def _build(data: dict[str, Any], meta: dict[str, Any], k: int, path: str) -> nn.Module:
-    from detforge.modeling.zoo import build_model
-
-    name = meta.get("model") or meta.get("model_name")
-    if name is not None:
-        from detforge.checkpoint.convert import set_input_normalization
-
-        kwargs = meta.get("model_kwargs") or {}
-        try:
-            model = build_model(str(name), num_classes=k, **kwargs)
-            set_input_normalization(
-                model, meta.get("input_format"), meta.get("pixel_mean"), meta.get("pixel_std")
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise CLIError(f"checkpoint {path}: {e.args[0]}") from e
-        return model
-    config = data.get("config")
-    if meta.get("model_from_config") and config is not None:
-        from detforge.config.lazy import instantiate
-
-        cfg = yaml.safe_load(config) if isinstance(config, str) else config
-        return instantiate(cfg["model"])
-    raise CLIError(
-        f"checkpoint {path} has no metadata naming its model (metadata 'model'); checkpoints "
-        "of `detforge train` and `detforge convert` have it"
-    )
-
-
-def model_from_checkpoint(path: str) -> tuple[nn.Module, CheckpointInfo]:
-    """Build the checkpoint's model and load its weights (strictly).
-
-    Args:
-        path: a checkpoint of ``detforge train`` (``Checkpointer``) or of ``save_checkpoint``.
-
-    Returns:
-        ``(model in eval mode on the CPU, info)``.
-
-    Raises:
-        CLIError: missing file, unreadable checkpoint, metadata without a model, or weights
-            that do not fit the model.
-    """
-    data = _read(path)
-    meta = data.get("metadata") or {}
-    names = _class_names(meta, path)
-    model = _build(data, meta, len(names), path)
-    try:
-        load_weights(model, data["model"], strict=True)
-    except (TypeError, ValueError) as e:
-        raise CLIError(f"checkpoint {path} does not fit its model: {e}".splitlines()[0]) from e
-    fmt = meta.get("input_format") or getattr(model, "input_format", "BGR")
-    info = CheckpointInfo(
-        model=meta.get("model") or meta.get("model_name"),
-        class_names=names,
-        input_format="RGB" if fmt == "RGB" else "BGR",
-        min_size=int(meta.get("min_size") or DEFAULT_MIN_SIZE),
-        max_size=int(meta.get("max_size") or DEFAULT_MAX_SIZE),
-    )
-    return model.eval(), info
-
-
-def test_mapper(info: CheckpointInfo) -> DatasetMapper:
-    """The evaluation mapper: shortest edge ``info.min_size`` (longest at most ``max_size``)."""
-    resize = ResizeShortestEdge((info.min_size,), max_size=info.max_size, sample_style="choice")
-    return DatasetMapper([resize], is_train=False, image_format=info.input_format)
+        return load_model(path)
+    except FileNotFoundError as e:
+        raise CLIError(f"{flag} {path}: no such file") from e
+    except ValueError as e:
+        raise CLIError(f"{flag}: {e}".splitlines()[0]) from e
 
 
 def build_eval_fn(
@@ -250,21 +143,14 @@ def _report(args: argparse.Namespace, results: dict[str, dict[str, float]], sour
 
 def _evaluate(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], str]:
     """This process's part of the evaluation: ``(results on rank 0, data description)``."""
-    model, info = model_from_checkpoint(args.weights)
-    if args.min_size is not None or args.max_size is not None:
-        info = CheckpointInfo(
-            info.model,
-            info.class_names,
-            info.input_format,
-            args.min_size or info.min_size,
-            args.max_size or info.max_size,
-        )
-    data = load_data(args, voc_default="test", class_names=info.class_names)
+    model, spec = checkpoint_model(args.weights)
+    spec = with_test_size(spec, args.min_size, args.max_size)
+    data = load_data(args, voc_default="test", class_names=spec.class_names)
     try:
         model.to(resolve_device(args.device))
     except ValueError as e:
         raise CLIError(f"--device: {e}") from e
-    evaluate = build_eval_fn(data, test_mapper(info), masks=has_mask_head(model))
+    evaluate = build_eval_fn(data, test_mapper(spec), masks=has_mask_head(model))
     return evaluate(model), f"{data.source}: {len(data.records)} images"
 
 

@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 
 from detforge.cli.datasets import CLIError
-from detforge.cli.evaluate import model_from_checkpoint
+from detforge.cli.evaluate import checkpoint_model
 from detforge.data.errors import DataError
 from detforge.data.mapper import read_image
-from detforge.predictor import predict_image
+from detforge.inference import predict_image
 from detforge.structures.instances import Instances
 from detforge.structures.masks import rle_encode
 from detforge.utils.visualizer import draw_instances
@@ -147,12 +147,12 @@ def run(args: argparse.Namespace) -> int:
     if args.frame_step < 1:
         raise CLIError(f"--frame-step must be >= 1, got {args.frame_step}")
     files = _input_files(Path(args.input))
-    model, info = model_from_checkpoint(args.weights)
+    model, spec = checkpoint_model(args.weights)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for head, name, image in _images(files, args.frame_step):
-        det = predict_image(model, image, info)
+        det = predict_image(model, image, spec)
         if det.scores is not None:
             det = det[det.scores >= args.score_threshold]
         masks = det.masks.numpy() > 0.5 if isinstance(det.masks, torch.Tensor) else None
@@ -160,12 +160,12 @@ def run(args: argparse.Namespace) -> int:
             image,
             det.boxes.numpy(),
             [] if det.labels is None else det.labels.tolist(),
-            class_names=info.class_names,
+            class_names=spec.class_names,
             scores=None if det.scores is None else det.scores.tolist(),
             masks=masks,
         )
         Image.fromarray(drawn).save(out / name)
-        results.append(_entry(head, det, info.class_names))
+        results.append(_entry(head, det, spec.class_names))
     (out / "predictions.json").write_text(json.dumps(results))
     logger.info("predict: %d images, drawings and predictions.json in %s", len(results), out)
     return 0

@@ -1,8 +1,14 @@
-"""How ``detforge train`` assembles a run: settings from ``key=value`` items, a saved run to
-resume, and the ``model`` / ``train`` / ``dataloader`` keys of a config file.
+"""How ``detforge train`` turns its command line into a :class:`~detforge.engine.run_spec.RunSpec`.
 
-Precedence, lowest first: ``TrainSettings`` defaults, the config file, the saved run (with
-``--resume``), then the command line.
+Each source of a run becomes one layer for :func:`~detforge.engine.run_spec.resolve_run`, with
+no mutation of the argument namespace:
+
+* :func:`command_line_layer`: flags and ``key=value`` items (``train.<field>=v`` counts as a
+  setting item; other dotted items edit the config file and are applied when it is loaded);
+* :func:`config_layer`: a config file's ``train`` and ``dataloader`` keys;
+* :func:`saved_layer`: ``OUTPUT/config.yaml`` of the run to resume (data, never code).
+
+Precedence, lowest first: defaults < config file < saved run (``--resume``) < command line.
 """
 
 from __future__ import annotations
@@ -10,89 +16,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig
 from torch import nn
 
-from detforge.cli.datasets import DATA_KEYS, CLIError
+from detforge.cli.datasets import DATA_KEYS, CLIError, data_arguments
 from detforge.engine.recipe import TrainSettings
+from detforge.engine.run_spec import SETTINGS_FIELDS, convert_setting
 
 __all__ = [
     "CONFIG_DATA_KEYS",
     "FROM_FLAGS",
-    "SETTINGS_FIELDS",
-    "config_data",
+    "command_line_layer",
+    "config_layer",
     "config_model",
-    "config_settings",
     "load_config",
     "parse_settings",
-    "restore",
-    "saved_run",
+    "saved_layer",
     "split_items",
 ]
 
-SETTINGS_FIELDS = {f.name: f for f in dataclasses.fields(TrainSettings)}
-_HINTS = typing.get_type_hints(TrainSettings)
 FROM_FLAGS = {"output_dir": "--output", "resume": "--resume"}
+#: ``dataloader`` keys of a config -> the ``detforge train`` arguments they stand for.
+CONFIG_DATA_KEYS = {**{k: k for k in DATA_KEYS}, "min_size": "min_size", "max_size": "max_size"}
 
 
-def _convert(key: str, value: Any, hint: Any, text: str) -> Any:
-    """``value`` as the type ``hint`` of setting ``key`` (``text``: what the user typed)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    bad = CLIError(f"{key}={text}: expected {getattr(hint, '__name__', hint)}")
-    if origin is Literal:
-        if value not in args:
-            raise CLIError(f"{key}={text}: must be one of {', '.join(map(str, args))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = next(a for a in args if a is not type(None))
-        return _convert(key, value, inner, text)
-    if origin is tuple:
-        items = value if isinstance(value, list | tuple) else [value]
-        return tuple(_convert(key, v, args[0], text) for v in items)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        return float(value)
-    return value if isinstance(value, str) else text
-
-
-def _unknown_setting(key: str) -> CLIError:
-    close = difflib.get_close_matches(key, list(SETTINGS_FIELDS), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return CLIError(
-        f"unknown setting {key!r}{hint} (TrainSettings fields: {', '.join(SETTINGS_FIELDS)})"
-    )
-
-
-def parse_settings(items: list[str], base: TrainSettings) -> TrainSettings:
-    """Apply ``key=value`` overrides to ``base`` (a copy is returned).
-
-    Values are Python literals (``0.01``, ``[0.7, 0.9]``, ``None``, ``true``) or bare strings,
-    checked against the field's type.
-
-    Raises:
-        CLIError: an item without ``=``, an unknown key (with the closest field names), a value
-            of the wrong type, or a key that a flag sets (``output_dir``, ``resume``).
-    """
+def _setting_items(items: list[str]) -> dict[str, Any]:
+    """``key=value`` items as typed settings (CLIError naming the item on any problem)."""
     from detforge.config.lazy import to_py_literal
 
-    changes: dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -100,56 +56,88 @@ def parse_settings(items: list[str], base: TrainSettings) -> TrainSettings:
             raise CLIError(f"expected key=value, got {item!r}")
         if key in FROM_FLAGS:
             raise CLIError(f"{key} is set with {FROM_FLAGS[key]}, not as key=value")
-        if key not in SETTINGS_FIELDS:
-            raise _unknown_setting(key)
-        changes[key] = _convert(key, to_py_literal(text), _HINTS[key], text)
-    return dataclasses.replace(base, **changes)
+        try:
+            out[key] = convert_setting(key, to_py_literal(text), text)
+        except ValueError as e:
+            raise CLIError(str(e)) from e
+    return out
 
 
-def saved_run(out: Path) -> dict[str, Any]:
-    """The ``run`` description of ``out/config.yaml`` (``{}`` when there is none)."""
-    path = out / "config.yaml"
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text()) or {}
-    run = data.get("run", data) if isinstance(data, dict) else {}
-    return run if isinstance(run, dict) else {}
+def parse_settings(items: list[str], base: TrainSettings) -> TrainSettings:
+    """Apply ``key=value`` overrides to ``base`` (a copy is returned).
 
+    Values are Python literals (``0.01``, ``[0.7, 0.9]``, ``None``, ``true``) or bare strings,
+    checked against the field's type and range.
 
-def restore(args: argparse.Namespace, saved: dict[str, Any], base: TrainSettings) -> TrainSettings:
-    """Fill the flags the user left out from a saved run; the saved settings over ``base``."""
-    if args.coco_json is None and args.voc is None:
-        for k, v in (saved.get("dataset") or {}).items():
-            if getattr(args, k, None) is None:
-                setattr(args, k, v)
-    resize = saved.get("resize") or {}
-    args.min_size = args.min_size or resize.get("train_min_sizes")
-    args.max_size = args.max_size or resize.get("max_size")
-    if args.model is None and args.config is None:
-        args.model = saved.get("model")
-    fields = saved.get("settings") or {}
-    known = {k: v for k, v in fields.items() if k in SETTINGS_FIELDS and k not in FROM_FLAGS}
-    return parse_settings([f"{k}={v!r}" for k, v in known.items()], base)
+    Raises:
+        CLIError: an item without ``=``, an unknown key (with the closest field names), a value
+            of the wrong type or out of range, or a key that a flag sets (``output_dir``,
+            ``resume``).
+    """
+    try:
+        return dataclasses.replace(base, **_setting_items(items))
+    except ValueError as e:
+        raise CLIError(str(e)) from e
 
 
 def split_items(items: list[str], config: bool) -> tuple[list[str], list[str]]:
-    """``(settings items, config items)``: config items are those not naming a setting."""
-    settings = [i for i in items if i.partition("=")[0].strip() in SETTINGS_FIELDS]
-    rest = [i for i in items if i not in settings]
+    """``(settings items, config items)``: ``key=v`` and ``train.key=v`` naming a setting are
+    settings; every other item is a dotted config key (only allowed with a config)."""
+    settings, rest = [], []
+    for item in items:
+        key = item.partition("=")[0].strip()
+        field = key.removeprefix("train.")
+        if key in SETTINGS_FIELDS or (key.startswith("train.") and field in SETTINGS_FIELDS):
+            settings.append(item.strip().removeprefix("train."))
+        else:
+            rest.append(item)
     if rest and not config:
         key = rest[0].partition("=")[0].strip()
         if "." in key:
             raise CLIError(f"{key!r}: dotted config keys need --config FILE")
-        raise _unknown_setting(key)
+        _setting_items([rest[0]])  # raises the unknown-setting error with suggestions
     return settings, rest
 
 
-#: ``dataloader`` keys of a config -> the ``detforge train`` arguments they stand for.
-CONFIG_DATA_KEYS = {**{k: k for k in DATA_KEYS}, "min_size": "min_size", "max_size": "max_size"}
+def command_line_layer(args: argparse.Namespace, setting_items: list[str]) -> dict[str, Any]:
+    """The run layer of the command line: only what the user gave."""
+    settings = _setting_items(setting_items)
+    return {
+        "model": args.model,
+        "config_file": args.config,
+        "weights": None if args.weights is None else str(Path(args.weights).absolute()),
+        "data": {k: v for k, v in data_arguments(args).items() if v is not None},
+        "resize": {"train_min_sizes": args.min_size, "max_size": args.max_size},
+        "settings": settings,
+    }
+
+
+def saved_layer(out: Path) -> dict[str, Any]:
+    """The ``run`` description of ``out/config.yaml`` (``{}`` when there is none)."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CLIError(f"{path}: not readable YAML ({e})".splitlines()[0]) from e
+    run = data.get("run", data) if isinstance(data, dict) else {}
+    if not isinstance(run, dict):
+        return {}
+    layer = {k: run.get(k) for k in ("model", "config_file", "weights", "resize")}
+    layer["data"] = run.get("data") or run.get("dataset") or {}  # "dataset" before 0.2
+    fields = run.get("settings") or {}
+    layer["settings"] = {k: v for k, v in fields.items() if k not in FROM_FLAGS}
+    if run.get("model_from_config") and not layer.get("config_file"):
+        layer["config_file"] = run.get("config_file") or str(path)
+    return layer
 
 
 def load_config(path: str, items: list[str]) -> DictConfig:
-    """Load ``path`` and apply the dotted overrides (CLIError on any problem)."""
+    """Load ``path`` and apply the dotted overrides (CLIError on any problem).
+
+    A ``.py`` config is code and runs; a ``.yaml`` config is data (allow-listed targets only).
+    """
     from detforge.config.lazy import LazyConfig, apply_overrides
 
     if not Path(path).is_file():
@@ -164,48 +152,47 @@ def load_config(path: str, items: list[str]) -> DictConfig:
     return cfg
 
 
-def config_data(args: argparse.Namespace, cfg: DictConfig, path: str) -> Any:
-    """Fill the data flags the user left out from ``cfg.dataloader``; returns its ``mapper``."""
+def config_layer(cfg: DictConfig, path: str) -> tuple[dict[str, Any], Any]:
+    """``(run layer of cfg's `train` and `dataloader`, the dataloader's `mapper` or None)``."""
     from omegaconf import OmegaConf
 
+    from detforge.config.lazy import instantiate
+
+    layer: dict[str, Any] = {"config_file": path, "data": {}, "resize": {}, "settings": {}}
+    if cfg.get("train") is not None:
+        try:
+            settings = instantiate(cfg.train)
+        except (TypeError, ValueError) as e:
+            raise CLIError(f"--config {path}: train: {e}".splitlines()[0]) from e
+        if not isinstance(settings, TrainSettings):
+            raise CLIError(
+                f"--config {path}: `train` must build a TrainSettings, not "
+                f"{type(settings).__name__}"
+            )
+        plain = dataclasses.asdict(settings)
+        layer["settings"] = {k: v for k, v in plain.items() if k not in ("resume",)}
     loader = cfg.get("dataloader")
     if loader is None:
-        return None
+        return layer, None
     if not isinstance(loader, DictConfig):
         raise CLIError(f"--config {path}: `dataloader` must be a dict of data arguments")
-    plain = OmegaConf.to_container(loader, resolve=True)
-    assert isinstance(plain, dict)
-    mapper = loader.get("mapper")
-    for raw_key, value in plain.items():
+    plain_loader = OmegaConf.to_container(loader, resolve=True)
+    assert isinstance(plain_loader, dict)
+    for raw_key, value in plain_loader.items():
         key = str(raw_key)
-        if key == "mapper":
+        if key == "mapper" or value is None:
             continue
         if key not in CONFIG_DATA_KEYS:
             close = difflib.get_close_matches(key, list(CONFIG_DATA_KEYS) + ["mapper"], n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise CLIError(f"--config {path}: unknown key dataloader.{key}{hint}")
-        if key == "min_size" and isinstance(value, int):
-            value = [value]
-        if getattr(args, CONFIG_DATA_KEYS[key], None) is None:
-            setattr(args, CONFIG_DATA_KEYS[key], value)
-    return mapper
-
-
-def config_settings(cfg: DictConfig, path: str) -> TrainSettings | None:
-    """``cfg.train`` built (a ``TrainSettings``), or None when the config has none."""
-    from detforge.config.lazy import instantiate
-
-    if cfg.get("train") is None:
-        return None
-    try:
-        settings = instantiate(cfg.train)
-    except (TypeError, ValueError) as e:
-        raise CLIError(f"--config {path}: train: {e}".splitlines()[0]) from e
-    if not isinstance(settings, TrainSettings):
-        raise CLIError(
-            f"--config {path}: `train` must build a TrainSettings, got {type(settings).__name__}"
-        )
-    return settings
+        if key == "min_size":
+            layer["resize"]["train_min_sizes"] = [value] if isinstance(value, int) else value
+        elif key == "max_size":
+            layer["resize"]["max_size"] = value
+        else:
+            layer["data"][key] = value
+    return layer, loader.get("mapper")
 
 
 def config_model(cfg: DictConfig, path: str, num_classes: int) -> nn.Module:
@@ -214,9 +201,9 @@ def config_model(cfg: DictConfig, path: str, num_classes: int) -> nn.Module:
 
     try:
         apply_overrides(cfg, [f"model.num_classes={num_classes}"])
+        model = instantiate(cfg.model)
     except ValueError as e:
-        raise CLIError(f"--config {path}: {e}") from e
-    model = instantiate(cfg.model)
+        raise CLIError(f"--config {path}: {e}".splitlines()[0]) from e
     if not isinstance(model, nn.Module):
         raise CLIError(f"--config {path}: `model` built a {type(model).__name__}, not a module")
     return model

@@ -34,7 +34,6 @@ saved settings, model and dataset flags are the defaults, so ``detforge train --
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -44,40 +43,36 @@ from omegaconf import DictConfig
 from torch import nn
 
 from detforge.checkpoint.load import load_weights
+from detforge.checkpoint.spec import ModelSpec
 from detforge.cli.datasets import (
+    DATA_KEYS,
     CLIError,
     DataSplit,
     add_data_arguments,
-    data_arguments,
     load_train_data,
 )
 from detforge.cli.distributed import run_distributed
-from detforge.cli.evaluate import CheckpointInfo, build_eval_fn, has_mask_head, test_mapper
+from detforge.cli.evaluate import build_eval_fn
 from detforge.cli.run_setup import (
-    FROM_FLAGS,
-    SETTINGS_FIELDS,
-    config_data,
+    command_line_layer,
+    config_layer,
     config_model,
-    config_settings,
     load_config,
     parse_settings,
-    restore,
-    saved_run,
+    saved_layer,
     split_items,
 )
 from detforge.data.augmentation import RandomFlip, ResizeShortestEdge
 from detforge.data.mapper import DatasetMapper
-from detforge.engine.checkpointer import Checkpointer
-from detforge.engine.recipe import TrainSettings, train_detector
+from detforge.engine.checkpointer import Checkpointer, ResumeError, clear_run, run_files
+from detforge.engine.recipe import seed_everything, train_detector
+from detforge.engine.run_spec import DEFAULT_MODEL, RunSpec, resolve_run
+from detforge.inference import has_mask_head, test_mapper
 from detforge.utils.comm import get_world_size, is_main_process, synchronize
 
 __all__ = ["add_parser", "parse_settings", "run"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "faster_rcnn_r18_fpn_tiny"
-DEFAULT_MIN_SIZES = (640, 672, 704, 736, 768, 800)  # detectron2's multi-scale training
-DEFAULT_MAX_SIZE = 1333
 
 
 def _zoo_model(name: str, num_classes: int) -> nn.Module:
@@ -101,58 +96,57 @@ def _load_finetune_weights(model: nn.Module, path: str) -> None:
 
 
 def _mappers(
-    args: argparse.Namespace,
-    fmt: Literal["RGB", "BGR"],
-    train: DataSplit,
-    masks: bool,
-    config_mapper: Any = None,
+    spec: RunSpec, model_spec: ModelSpec, train: DataSplit, masks: bool, config_mapper: Any
 ) -> tuple[Any, DatasetMapper]:
-    sizes = tuple(int(s) for s in args.min_size)
-    info = CheckpointInfo(None, (), fmt, max(sizes), int(args.max_size))
     if config_mapper is not None:
         from detforge.config.lazy import instantiate
 
         built = instantiate(config_mapper)
         if not callable(built):
-            raise CLIError(f"--config {args.config}: dataloader.mapper built a non-callable")
-        return built, test_mapper(info)
+            raise CLIError(f"--config {spec.config_file}: dataloader.mapper built a non-callable")
+        return built, test_mapper(model_spec)
     rle = any(
         isinstance(a.get("segmentation"), dict) for r in train.records for a in r["annotations"]
     )
     train_mapper = DatasetMapper(
         [
-            ResizeShortestEdge(sizes, max_size=int(args.max_size), sample_style="choice"),
+            ResizeShortestEdge(spec.train_min_sizes, max_size=spec.max_size, sample_style="choice"),
             RandomFlip(),
         ],
         is_train=True,
-        image_format=fmt,
+        image_format=model_spec.input_format or "BGR",
         use_masks=masks,
         mask_format="bitmask" if rle else "polygon",
     )
-    return train_mapper, test_mapper(info)
+    return train_mapper, test_mapper(model_spec)
 
 
-def _run_description(
-    args: argparse.Namespace, settings: TrainSettings, train: DataSplit, masks: bool
-) -> dict[str, Any]:
-    plain = {
-        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()
-    }
-    return {
-        "model": None if args.config else args.model,
-        "model_from_config": bool(args.config),
-        "config_file": args.config,
-        "weights": args.weights,
-        "masks": masks,
-        "class_names": list(train.metadata.class_names),
-        "dataset": data_arguments(args),
-        "resize": {
-            "train_min_sizes": [int(s) for s in args.min_size],
-            "max_size": int(args.max_size),
-        },
-        "settings": plain,
-        "world_size": get_world_size(),
-    }
+def _model_spec(
+    spec: RunSpec, model: nn.Module, cfg: DictConfig | None, class_names: list[str]
+) -> ModelSpec:
+    """What the checkpoints say about the model (rebuilt by eval/predict from them alone)."""
+    from torch import Tensor
+
+    fmt: Literal["RGB", "BGR"] = "RGB" if getattr(model, "input_format", "BGR") == "RGB" else "BGR"
+    stats = {}
+    for name in ("pixel_mean", "pixel_std"):
+        buffer = getattr(model, name, None)
+        if isinstance(buffer, Tensor):
+            stats[name] = tuple(float(v) for v in buffer.flatten())
+    config = None
+    if cfg is not None:
+        from detforge.config.lazy import LazyConfig
+
+        config = LazyConfig.to_plain(cfg.model)
+    return ModelSpec(
+        class_names=tuple(class_names),
+        builder=spec.model,
+        config=config,
+        input_format=fmt,
+        min_size=spec.test_size,
+        max_size=spec.max_size,
+        **stats,  # type: ignore[arg-type]
+    )
 
 
 def _write_config(out: Path, run: dict[str, Any], cfg: DictConfig | None) -> str:
@@ -190,84 +184,111 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    """The training run of this process."""
+def _resolve(args: argparse.Namespace) -> tuple[RunSpec, Path, DictConfig | None, Any]:
+    """The run of this command line: ``(spec, output folder, loaded config, config mapper)``.
+
+    Reads the config file and, with ``--resume``, the saved run; the namespace is not changed.
+    """
     if args.config is not None and args.model is not None:
         raise CLIError("give --model or --config, not both")
     if args.resume and args.output is None:
         raise CLIError("--resume needs --output, the folder of the run to continue")
-    cfg: DictConfig | None = None
+    setting_items, config_items = split_items(args.overrides, config=True)
+    cli = command_line_layer(args, setting_items)
+    cfg, from_config, mapper = None, None, None
     if args.config is not None:
-        setting_items, config_items = split_items(args.overrides, config=True)
         cfg = load_config(args.config, config_items)
-    base = (config_settings(cfg, args.config) if cfg is not None else None) or TrainSettings()
-    if args.output is None and cfg is not None:
-        args.output = base.output_dir  # the config may name the output folder
-    out = Path(args.output or "output")
-    saved = saved_run(out) if args.resume else {}
-    if cfg is None and args.resume and args.model is None and saved.get("model_from_config"):
-        args.config = str(out / "config.yaml")  # a config run: continue with its saved config
-        setting_items, config_items = split_items(args.overrides, config=True)
-        cfg = load_config(args.config, config_items)
-        base = config_settings(cfg, args.config) or base
-    if cfg is None:
-        setting_items, config_items = split_items(args.overrides, config=False)
-    config_mapper = config_data(args, cfg, str(args.config)) if cfg is not None else None
-    if args.resume:
-        base = restore(args, saved, base)
-    # `train.<field>=v` items were applied to the config; they also win over a resumed run.
-    for item in config_items:
-        key = item.partition("=")[0].strip()
-        field = key.removeprefix("train.")
-        if key.startswith("train.") and field in SETTINGS_FIELDS and field not in FROM_FLAGS:
-            setting_items.append(item.strip().removeprefix("train."))
-    args.model = args.model or (None if args.config else DEFAULT_MODEL)
-    args.min_size = args.min_size or list(DEFAULT_MIN_SIZES)
-    args.max_size = args.max_size or DEFAULT_MAX_SIZE
-    settings = parse_settings(setting_items, base)
-    settings = dataclasses.replace(settings, output_dir=str(out), resume=bool(args.resume))
-    train, val = load_train_data(args)
-    k = len(train.metadata.class_names)
+        from_config, mapper = config_layer(cfg, args.config)
+    output = args.output or (from_config or {}).get("settings", {}).get("output_dir") or "output"
+    out = Path(output)
+    saved = saved_layer(out) if args.resume else {}
+    if cfg is None and args.model is None and saved.get("config_file"):
+        # A config run: continue with the config saved in the run folder (data, not code).
+        cfg = load_config(str(out / "config.yaml"), config_items)
+        from_config, mapper = config_layer(cfg, saved["config_file"])
+    if cfg is None and config_items:
+        split_items(config_items, config=False)  # raises the right error for the first item
+    if args.model is not None and saved.get("config_file"):
+        saved = {**saved, "config_file": None}
+    cli["settings"] = {**cli["settings"], "output_dir": str(out), "resume": bool(args.resume)}
+    try:
+        spec = resolve_run(from_config, saved, cli)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    if spec.model is not None:
+        from detforge.modeling.zoo import MODELS, build_model
+
+        if spec.model not in MODELS:  # checked before any data is read
+            try:
+                build_model(spec.model)
+            except KeyError as e:
+                raise CLIError(f"--model: {e.args[0]}") from e
+    return spec, out, cfg, mapper
+
+
+def _check_folder(out: Path, args: argparse.Namespace) -> None:
+    """A new run never overwrites another: refuse a folder holding one, unless --overwrite."""
+    if args.resume or not is_main_process():
+        return
+    found = run_files(out)
+    if not found:
+        return
+    if not args.overwrite:
+        raise CLIError(
+            f"--output {out} holds a run ({', '.join(found[:4])}); continue it with --resume, "
+            "start a new one with another --output, or replace it with --overwrite"
+        )
+    logger.warning("--overwrite: removing the previous run in %s", out)
+    clear_run(out)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The training run of this process: resolve, load data, build the model, train."""
+    spec, out, cfg, config_mapper = _resolve(args)
+    _check_folder(out, args)
+    synchronize()
+    train, val = load_train_data(argparse.Namespace(**{k: spec.data.get(k) for k in DATA_KEYS}))
+    names = list(train.metadata.class_names)
+    seed_everything(spec.settings.seed)  # the same seed builds the same initial weights
     if cfg is not None:
-        assert args.config is not None
-        model = config_model(cfg, args.config, k)
+        model = config_model(cfg, str(spec.config_file), len(names))
     else:
-        model = _zoo_model(args.model, k)
+        model = _zoo_model(str(spec.model), len(names))
     masks = has_mask_head(model)
     if masks and not train.has_segmentation:
-        raise CLIError(f"{args.model or args.config} predicts masks; the data has no segmentation")
-    if args.weights is not None:
-        _load_finetune_weights(model, args.weights)
-    fmt: Literal["RGB", "BGR"] = "RGB" if getattr(model, "input_format", "BGR") == "RGB" else "BGR"
-    train_mapper, eval_mapper = _mappers(args, fmt, train, masks, config_mapper)
-    description = _run_description(args, settings, train, masks)
-    config_yaml = _write_config(out, description, cfg)
-    metadata = {
-        "model": description["model"],
-        "model_from_config": description["model_from_config"],
-        "class_names": description["class_names"],
-        "input_format": fmt,
-        "min_size": max(int(s) for s in args.min_size),
-        "max_size": int(args.max_size),
+        raise CLIError(f"{spec.model or spec.config_file} predicts masks; the data has no masks")
+    if spec.weights is not None:  # also on resume: a run killed before its first checkpoint
+        _load_finetune_weights(model, spec.weights)
+    model_spec = _model_spec(spec, model, cfg, names)
+    train_mapper, eval_mapper = _mappers(spec, model_spec, train, masks, config_mapper)
+    description = {
+        **spec.to_dict(),
+        "class_names": names,
+        "masks": masks,
+        "world_size": get_world_size(),
     }
+    config_yaml = _write_config(out, description, cfg)
     evaluate = None
     if val is not None:
         evaluate = build_eval_fn(val, eval_mapper, masks=masks, output_dir=out / "eval")
     logger.info(
         "training %s on %d images, %d classes",
-        metadata["model"] or args.config,
+        spec.model or spec.config_file,
         len(train.records),
-        k,
+        len(names),
     )
-    train_detector(
-        model,
-        train.records,
-        train_mapper,
-        settings,
-        evaluate=evaluate,
-        metadata=metadata,
-        config_yaml=config_yaml,
-    )
+    try:
+        train_detector(
+            model,
+            train.records,
+            train_mapper,
+            spec.settings,
+            evaluate=evaluate,
+            metadata={"model_spec": model_spec.to_dict(), "class_names": names},
+            config_yaml=config_yaml,
+        )
+    except ResumeError as e:  # a resume that cannot go on says why
+        raise CLIError(str(e).splitlines()[0]) from e
     return 0
 
 
@@ -310,6 +331,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="seconds before a missing or dead process is an error instead of a hang",
     )
     g.add_argument("--resume", action="store_true", help="continue the run in --output")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --output (without it, a folder holding a run is refused)",
+    )
     g.add_argument(
         "--min-size",
         type=int,

@@ -241,6 +241,12 @@ class LazyConfig:
         return DictConfig(data, flags=_FLAGS)
 
     @staticmethod
+    def to_plain(cfg: Any) -> Any:
+        """``cfg`` as plain YAML data: interpolations resolved, callables as import paths."""
+        data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+        return _to_plain(data, "")
+
+    @staticmethod
     def save(cfg: DictConfig, path: str | PathLike[str]) -> None:
         """Write ``cfg`` as YAML with interpolations resolved and callables as import paths.
 

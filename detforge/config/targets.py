@@ -122,7 +122,7 @@ def resolve_target(path: object, where: str = "") -> Callable[..., Any]:
         "detforge."
     ):
         raise refused
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def _targets(node: object, key: str) -> Iterator[tuple[str, object]]:

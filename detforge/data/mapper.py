@@ -192,12 +192,9 @@ class DatasetMapper:
                 path=file_name,
                 record=record.get("image_id"),
             )
-        image, transforms = self.augmentations(image, rng)
-        chw = image.transpose(2, 0, 1)
-        if self.image_format == "BGR":
-            chw = chw[::-1]
+        tensor, transforms = self.image_tensor(image, rng)
         out: dict[str, Any] = {
-            "image": torch.from_numpy(np.ascontiguousarray(chw)),
+            "image": tensor,
             "height": height,
             "width": width,
             "image_id": record.get("image_id"),
@@ -205,9 +202,20 @@ class DatasetMapper:
             "transforms": transforms,
         }
         if "annotations" in record:
-            size = (int(image.shape[0]), int(image.shape[1]))
+            size = (int(tensor.shape[1]), int(tensor.shape[2]))
             out["instances"] = self._instances(record, transforms, size)
         return out
+
+    def image_tensor(
+        self, image: np.ndarray, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, TransformList]:
+        """The model input for an RGB ``uint8 [H, W, 3]`` image: augmented (resized), in
+        ``image_format`` channel order, as ``uint8 Tensor[3, H', W']``; and the transforms."""
+        image, transforms = self.augmentations(image, rng)
+        chw = image.transpose(2, 0, 1)
+        if self.image_format == "BGR":
+            chw = chw[::-1]
+        return torch.from_numpy(np.ascontiguousarray(chw)), transforms
 
     def _error(
         self, record: dict, message: str, *, annotation: int | None = None, field: str | None = None

@@ -1,10 +1,18 @@
 """Training checkpoints: model + trainer state, written atomically, the last K kept.
 
-A checkpoint is a ``torch.save`` file loadable with ``torch.load(weights_only=True)`` (no code
-runs when reading it). It is written with :func:`detforge.checkpoint.io.atomic_write`
-(temporary file in the same folder, fsync, rename), so a crash or kill mid-write never leaves a
-half-written checkpoint, and ``last_checkpoint`` (a one-line text file naming the newest) is
-replaced the same way.
+Checkpoints are detforge checkpoints (:mod:`detforge.checkpoint.io`, one format for trainer
+output, conversions and published models): the weights, the run's config, ``metadata`` (the
+``model_spec`` that rebuilds the model, class names, ...) and, under ``extra``, the trainer's
+state (``extra["trainer"]``: iteration, optimizer, RNG states) and hook state (``extra["ema"]``).
+They load with ``torch.load(weights_only=True)``: no code runs when reading one. Writes go
+through :func:`detforge.checkpoint.io.atomic_write` (temporary file in the same folder, fsync,
+rename), so a crash or kill mid-write never leaves a half-written checkpoint, and
+``last_checkpoint`` (a one-line text file naming the newest) is replaced the same way.
+
+Resuming never loses work: :meth:`Checkpointer.find_resumable` takes the checkpoint named in
+``last_checkpoint`` and, when that one is missing or unreadable, warns and falls back to the
+newest readable periodic checkpoint; when checkpoints were written but none can be read it
+raises instead of silently starting again from iteration 0.
 """
 
 from __future__ import annotations
@@ -14,17 +22,57 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from detforge.checkpoint.io import atomic_write
+from detforge.checkpoint.io import atomic_write, load_checkpoint, save_checkpoint
 from detforge.engine.train_loop import get_rng_state
 from detforge.utils.comm import all_gather, get_world_size, is_main_process
 
-__all__ = ["Checkpointer", "unwrap_model"]
+__all__ = [
+    "Checkpointer",
+    "NoReadableCheckpointError",
+    "ResumeError",
+    "clear_run",
+    "run_files",
+    "unwrap_model",
+]
 
 logger = logging.getLogger(__name__)
 _PERIODIC = re.compile(r"model_(\d{7})\.pth$")
+_TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_write's temporary files
+
+
+class ResumeError(RuntimeError):
+    """A run cannot be continued as asked (the message says why and what to do)."""
+
+
+class NoReadableCheckpointError(ResumeError):
+    """A run folder that had checkpoints holds none that can be read."""
+
+
+_RUN_FILES = ("last_checkpoint", "metrics.json", "model_final.pth", "model_best.pth")
+
+
+def run_files(output_dir: str | Path) -> list[str]:
+    """The files showing that ``output_dir`` holds a run (checkpoints, metrics), by name."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [n for n in _RUN_FILES if (out / n).exists()]
+    return found + sorted(p.name for p in out.glob("model_*.pth") if _PERIODIC.match(p.name))
+
+
+def clear_run(output_dir: str | Path) -> None:
+    """Remove a run's checkpoints, metrics and TensorBoard events from ``output_dir`` (other
+    files stay): what starting a new run in the same folder replaces."""
+    import shutil
+
+    out = Path(output_dir)
+    for name in run_files(out):
+        (out / name).unlink(missing_ok=True)
+    for folder in ("tensorboard", "eval"):
+        if (out / folder).is_dir():
+            shutil.rmtree(out / folder)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -76,20 +124,20 @@ class Checkpointer:
             rng_per_rank = all_gather(get_rng_state())
         if not is_main_process():
             return None
-        data: dict[str, Any] = {
-            "model": unwrap_model(self.model).state_dict(),
-            "metadata": self.metadata,
-            **self.extra_state,
-        }
-        if self.config_yaml is not None:
-            data["config"] = self.config_yaml
+        extra: dict[str, Any] = dict(self.extra_state)
         if self.trainer is not None:
-            data["trainer"] = self.trainer.state_dict()
+            extra["trainer"] = self.trainer.state_dict()
             if rng_per_rank is not None:
-                data["trainer"]["rng_per_rank"] = rng_per_rank
+                extra["trainer"]["rng_per_rank"] = rng_per_rank
         path = self.output_dir / f"{name}.pth"
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: torch.save(data, tmp))
+        save_checkpoint(
+            path,
+            unwrap_model(self.model),
+            config=self.config_yaml,
+            metadata=self.metadata,
+            extra=extra,
+        )
 
         def write_marker(tmp: str) -> None:
             Path(tmp).write_text(path.name)
@@ -105,42 +153,102 @@ class Checkpointer:
             old.unlink(missing_ok=True)
 
     def last_checkpoint(self) -> Path | None:
-        """The newest checkpoint of the run, or None."""
+        """The checkpoint ``last_checkpoint`` names, when that file exists, else None."""
         marker = self.output_dir / "last_checkpoint"
         if not marker.is_file():
             return None
         path = self.output_dir / marker.read_text().strip()
         return path if path.is_file() else None
 
+    def _candidates(self) -> tuple[list[Path], bool]:
+        """Checkpoints to resume from, best first, and whether any was ever written."""
+        marker = self.output_dir / "last_checkpoint"
+        named = self.output_dir / marker.read_text().strip() if marker.is_file() else None
+        periodic = sorted(
+            (p for p in self.output_dir.glob("model_*.pth") if _PERIODIC.match(p.name)),
+            reverse=True,
+        )
+        final = self.output_dir / "model_final.pth"
+        order = ([named] if named is not None else []) + [final] + periodic
+        seen: list[Path] = []
+        for p in order:
+            if p.is_file() and p not in seen:
+                seen.append(p)
+        return seen, named is not None or bool(seen)
+
+    def find_resumable(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest readable checkpoint with trainer state, loaded: ``(path, data)``.
+
+        The one ``last_checkpoint`` names comes first; if it is missing or unreadable, a warning
+        says so and older periodic checkpoints are tried, newest first. Stale temporary files of
+        interrupted writes are removed.
+
+        Returns:
+            None when the run never wrote a checkpoint (a fresh start is then correct).
+
+        Raises:
+            NoReadableCheckpointError: checkpoints were written but none can be read.
+        """
+        if not self.output_dir.is_dir():
+            return None
+        if is_main_process():
+            for stale in self.output_dir.iterdir():
+                if _TEMPORARY.match(stale.name) and stale.is_file():
+                    logger.warning("removing %s, left by an interrupted checkpoint write", stale)
+                    stale.unlink(missing_ok=True)
+        candidates, written = self._candidates()
+        named = self.last_checkpoint()
+        marker = self.output_dir / "last_checkpoint"
+        if marker.is_file() and named is None:
+            logger.warning(
+                "%s names %s, which does not exist; looking for an older checkpoint",
+                marker,
+                marker.read_text().strip(),
+            )
+        problems = []
+        for path in candidates:
+            try:
+                data = self.load(path)
+            except (RuntimeError, ValueError) as e:
+                logger.warning("cannot resume from %s (%s); trying an older one", path, e)
+                problems.append(f"{path.name}: {str(e).splitlines()[0]}")
+                continue
+            if "trainer" not in data["extra"]:
+                problems.append(f"{path.name}: no trainer state")
+                continue
+            return path, data
+        if not written:
+            return None
+        tried = "; ".join(problems) or "no checkpoint file left"
+        raise NoReadableCheckpointError(
+            f"cannot resume the run in {self.output_dir}: no readable checkpoint ({tried}); "
+            "nothing was overwritten. Restore a checkpoint there, or start a new run in "
+            "another --output"
+        )
+
+    def restore(self, data: dict[str, Any], path: Path | str = "") -> int:
+        """Load a checkpoint's model and trainer state; returns the next iteration."""
+        unwrap_model(self.model).load_state_dict(data["model"])
+        state = data["extra"].get("trainer", {})
+        if self.trainer is not None and state:
+            self.trainer.load_state_dict(state)
+            logger.info("resumed from %s at iteration %d", path, self.trainer.iter)
+        return int(state.get("iteration", -1)) + 1
+
     def resume(self) -> int:
-        """Load the newest checkpoint (model and trainer state); returns the next iteration
-        (0 when there is none)."""
-        path = self.last_checkpoint()
-        if path is None:
+        """Load the newest readable checkpoint (model and trainer state); returns the next
+        iteration (0 when the run never wrote one). See :meth:`find_resumable`."""
+        found = self.find_resumable()
+        if found is None:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return 0
-        data = self.load(path)
-        unwrap_model(self.model).load_state_dict(data["model"])
-        if self.trainer is not None and "trainer" in data:
-            self.trainer.load_state_dict(data["trainer"])
-            logger.info("resumed from %s at iteration %d", path, self.trainer.iter)
-            return int(self.trainer.iter)
-        return int(data.get("trainer", {}).get("iteration", -1)) + 1
-
-    def next_iteration(self) -> int:
-        """The iteration a resume would start from, without loading anything else."""
-        path = self.last_checkpoint()
-        if path is None:
-            return 0
-        return int(self.load(path).get("trainer", {}).get("iteration", -1)) + 1
+        return self.restore(found[1], found[0])
 
     @staticmethod
     def load(path: str | Path) -> dict[str, Any]:
-        """Read a checkpoint safely (``weights_only=True``); a clear error names a bad file."""
+        """Read a checkpoint safely (``weights_only``): ``load_checkpoint``'s dict, with the
+        trainer state under ``extra``. A ``RuntimeError`` names an unreadable file."""
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # any failure to read is reported the same way
+            return load_checkpoint(path)
+        except (OSError, ValueError) as e:  # any failure to read is reported the same way
             raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
-        if not isinstance(data, dict) or "model" not in data:
-            raise RuntimeError(f"{path} is not a detforge checkpoint (no 'model' entry)")
-        return data

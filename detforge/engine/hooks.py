@@ -48,7 +48,7 @@ class PeriodicCheckpointer(HookBase):
     def after_train(self) -> None:
         """Final checkpoint when every iteration ran."""
         t = self.trainer
-        if not t.failed and t.iter >= t.max_iter and t.max_iter > t.start_iter:
+        if not t.failed and t.iter >= t.max_iter > 0:  # also when resumed at max_iter
             t.iter -= 1  # the state of the last completed iteration
             try:
                 self.checkpointer.save("model_final")
@@ -245,7 +245,7 @@ class EvalHook(HookBase):
     def after_train(self) -> None:
         """Final evaluation of a finished run."""
         t = self.trainer
-        if not t.failed and t.iter >= t.max_iter and t.max_iter > t.start_iter:
+        if not t.failed and t.iter >= t.max_iter > 0:  # also when resumed at max_iter
             t.iter -= 1
             try:
                 self._evaluate()

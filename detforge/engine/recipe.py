@@ -9,7 +9,9 @@ killed run from its last checkpoint when ``settings.resume`` is set.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,8 +21,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from detforge.checkpoint.io import atomic_write
 from detforge.data.loader import Mapper, RecordSource, build_test_loader, build_train_loader
-from detforge.engine.checkpointer import Checkpointer
+from detforge.engine.checkpointer import Checkpointer, ResumeError, run_files
 from detforge.engine.hooks import (
     EMAHook,
     EvalHook,
@@ -40,20 +43,22 @@ from detforge.solver.lr_schedule import (
     scale_for_batch_size,
 )
 from detforge.solver.param_groups import param_groups
-from detforge.utils.comm import get_rank, get_world_size
+from detforge.utils.checks import check_number
+from detforge.utils.comm import get_rank, get_world_size, is_main_process
 
 __all__ = [
     "TrainSettings",
     "build_optimizer",
     "evaluate_coco",
     "resolve_device",
+    "seed_everything",
     "train_detector",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
     """Everything about a training run that is not the model or the data.
 
@@ -63,6 +68,8 @@ class TrainSettings:
     number of images per iteration over *all* processes (detectron2's ``IMS_PER_BATCH``): under
     DDP each of ``P`` processes loads ``batch_size / P``. ``device`` is ``"auto"`` (the
     process's GPU when CUDA is available, else the CPU), ``"cpu"`` or ``"cuda"``.
+
+    Every field is range-checked when the settings are made (``ValueError`` naming the field).
     """
 
     output_dir: str = "output"
@@ -96,6 +103,47 @@ class TrainSettings:
     resume: bool = False
     deterministic: bool = False
     strict_data: bool = False
+
+    def __post_init__(self) -> None:
+        fn = "TrainSettings"
+        positive_ints = ("max_iter", "batch_size", "iter_size", "checkpoint_period", "keep_last")
+        for name in positive_ints + ("log_period",):
+            check_number(getattr(self, name), name, fn, integer=True, low=1)
+        for name in ("warmup_iters", "eval_period", "num_workers", "seed"):
+            check_number(getattr(self, name), name, fn, integer=True, low=0)
+        if self.reference_batch_size is not None:
+            check_number(self.reference_batch_size, "reference_batch_size", fn, integer=True, low=1)
+        check_number(self.base_lr, "base_lr", fn, low=0, low_open=True)
+        check_number(self.momentum, "momentum", fn, low=0, high=1, high_open=True)
+        for name in ("weight_decay", "weight_decay_norm", "bias_lr_factor"):
+            check_number(getattr(self, name), name, fn, low=0)
+        check_number(self.gamma, "gamma", fn, low=0, low_open=True)
+        check_number(self.warmup_factor, "warmup_factor", fn, low=0, high=1, low_open=True)
+        for i, step in enumerate(self.steps):
+            check_number(step, f"steps[{i}]", fn, low=0, low_open=True)
+        if self.grad_clip is not None:
+            check_number(self.grad_clip, "grad_clip", fn, low=0, low_open=True)
+        if self.ema_decay is not None:
+            check_number(
+                self.ema_decay, "ema_decay", fn, low=0, high=1, low_open=True, high_open=True
+            )
+        choices = {
+            "optimizer": ("SGD", "AdamW"),
+            "schedule": ("multistep", "cosine", "poly"),
+            "warmup_method": ("linear", "constant"),
+            "amp": ("none", "bf16", "fp16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{fn}: `{name}` must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.device, str) or not re.fullmatch(
+            r"auto|cpu|cuda(:\d+)?", self.device
+        ):
+            raise ValueError(
+                f"{fn}: `device` must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+            )
 
     def scaled(self) -> TrainSettings:
         """These settings after the linear scaling rule (a copy; unchanged without a reference)."""
@@ -190,6 +238,42 @@ def evaluate_coco(
     return inference_on_dataset(model, loader, evaluator)
 
 
+def _truncate_metrics(path: Path, start: int) -> None:
+    """Drop the ``metrics.json`` lines of iterations ``>= start`` (written after the checkpoint
+    a run resumes from, and about to be written again)."""
+    if not is_main_process() or not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            iteration = json.loads(line).get("iteration", -1)
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line cut short by a kill
+        if isinstance(iteration, int) and iteration < start:
+            kept.append(line)
+    if len(kept) != len(lines):
+        logger.info("%s: dropping %d lines after iteration %d", path, len(lines) - len(kept), start)
+        text = "".join(kept)
+
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(text)
+
+        atomic_write(path, write)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random`` (call before building the model: the same
+    seed then gives the same initial weights and, on CPU, bit-identical training)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def train_detector(
     model: nn.Module,
     records: RecordSource,
@@ -216,6 +300,12 @@ def train_detector(
     """
     s = settings.scaled()
     out = Path(s.output_dir)
+    existing = run_files(out)
+    if existing and not s.resume:
+        raise ResumeError(
+            f"{out} holds a run ({', '.join(existing[:4])}); resume it (settings.resume=True), "
+            "train into another output_dir, or remove it first (engine.checkpointer.clear_run)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     world = get_world_size()
     if s.batch_size % world != 0:
@@ -250,7 +340,16 @@ def train_detector(
     checkpointer = Checkpointer(
         model, out, keep_last=s.keep_last, metadata=metadata, config_yaml=config_yaml
     )
-    start = checkpointer.next_iteration() if s.resume else 0
+    found = checkpointer.find_resumable() if s.resume else None
+    start = int(found[1]["extra"]["trainer"]["iteration"]) + 1 if found is not None else 0
+    if start > s.max_iter:
+        raise ResumeError(
+            f"the run in {out} already trained {start} iterations, more than max_iter="
+            f"{s.max_iter}; resume with max_iter >= {start} (its weights are in "
+            f"{found[0] if found else out})"
+        )
+    if s.resume:
+        _truncate_metrics(out / "metrics.json", start)
     loader = build_train_loader(
         records,
         mapper,
@@ -271,8 +370,13 @@ def train_detector(
         grad_clip=s.grad_clip,
     )
     checkpointer.trainer = trainer
-    if s.resume and start > 0:
-        checkpointer.resume()
+    if found is not None:
+        checkpointer.restore(found[1], found[0])
+        if start == s.max_iter:
+            logger.info(
+                "the run reached max_iter=%d: finishing it (final checkpoint and evaluation)",
+                s.max_iter,
+            )
     writer = MetricsWriter(out, period=s.log_period)
     hooks: list[HookBase] = [PeriodicCheckpointer(checkpointer, s.checkpoint_period), writer]
     if s.ema_decay is not None:

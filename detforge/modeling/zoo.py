@@ -208,18 +208,43 @@ def _std(name: str) -> tuple[float, ...]:
 
 
 _BUILDER_DOC = (
-    "\n\n    Keyword arguments after ``num_classes`` go to :func:`resnet_fpn_backbone` (e.g.\n"
-    '    ``stride_in_1x1=False`` for torchvision weights, ``norm="SyncBN"``).'
+    "\n\n    ``pixel_mean``, ``pixel_std`` and ``input_format`` (None: detectron2's) give the\n"
+    "    input normalisation the weights expect; other keyword arguments after ``num_classes``\n"
+    "    go to :func:`resnet_fpn_backbone` (e.g. ``stride_in_1x1=False`` for torchvision weights,\n"
+    '    ``norm="SyncBN"``).'
 )
+_Format = Literal["BGR", "RGB"]
+
+
+def _input(
+    defaults: tuple[tuple[float, ...], tuple[float, ...], _Format],
+    pixel_mean: tuple[float, ...] | None,
+    pixel_std: tuple[float, ...] | None,
+    input_format: _Format | None,
+) -> dict[str, Any]:
+    """The normalisation keywords of a detector: the given values, else ``defaults``."""
+    mean, std, fmt = defaults
+    return {
+        "pixel_mean": tuple(pixel_mean) if pixel_mean is not None else mean,
+        "pixel_std": tuple(pixel_std) if pixel_std is not None else std,
+        "input_format": input_format or fmt,
+    }
 
 
 def _rcnn_builder(trunk: str, mask: bool) -> Callable[..., nn.Module]:
-    def build(num_classes: int = 80, **backbone_kwargs: Any) -> nn.Module:
+    def build(
+        num_classes: int = 80,
+        *,
+        pixel_mean: tuple[float, ...] | None = None,
+        pixel_std: tuple[float, ...] | None = None,
+        input_format: _Format | None = None,
+        **backbone_kwargs: Any,
+    ) -> nn.Module:
         return faster_rcnn(
             num_classes=num_classes,
             backbone=resnet_fpn_backbone(**(_trunk(trunk) | backbone_kwargs)),
             mask=mask,
-            pixel_std=_std(trunk),
+            **_input((CAFFE_MEAN, _std(trunk), "BGR"), pixel_mean, pixel_std, input_format),
         )
 
     kind = "Mask" if mask else "Faster"
@@ -228,12 +253,19 @@ def _rcnn_builder(trunk: str, mask: bool) -> Callable[..., nn.Module]:
 
 
 def _retina_builder(trunk: str) -> Callable[..., nn.Module]:
-    def build(num_classes: int = 80, **backbone_kwargs: Any) -> nn.Module:
+    def build(
+        num_classes: int = 80,
+        *,
+        pixel_mean: tuple[float, ...] | None = None,
+        pixel_std: tuple[float, ...] | None = None,
+        input_format: _Format | None = None,
+        **backbone_kwargs: Any,
+    ) -> nn.Module:
         kwargs = _trunk(trunk) | {"top_block": "p6p7", "in_features": ("res3", "res4", "res5")}
         return retinanet(
             num_classes=num_classes,
             backbone=resnet_fpn_backbone(**(kwargs | backbone_kwargs)),
-            pixel_std=_std(trunk),
+            **_input((CAFFE_MEAN, _std(trunk), "BGR"), pixel_mean, pixel_std, input_format),
         )
 
     build.__doc__ = f"RetinaNet, {trunk.upper()}-FPN, detectron2 defaults." + _BUILDER_DOC
@@ -257,12 +289,26 @@ def _tiny_backbone(top_block: Literal["maxpool", "p6p7"], **overrides: Any) -> B
     return resnet_fpn_backbone(**(kwargs | overrides))
 
 
+_IMAGENET_RGB: tuple[tuple[float, ...], tuple[float, ...], _Format] = (
+    (123.675, 116.28, 103.53),
+    (58.395, 57.12, 57.375),
+    "RGB",
+)
+
+
 def faster_rcnn_r18_fpn_tiny(
-    num_classes: int = 3, *, mask: bool = False, **backbone_kwargs: Any
+    num_classes: int = 3,
+    *,
+    mask: bool = False,
+    pixel_mean: tuple[float, ...] | None = None,
+    pixel_std: tuple[float, ...] | None = None,
+    input_format: _Format | None = None,
+    **backbone_kwargs: Any,
 ) -> GeneralizedRCNN:
     """A small Faster/Mask R-CNN (ResNet-18 GN, 64-channel FPN, 256-wide head) for CPU.
 
-    Other keyword arguments go to :func:`resnet_fpn_backbone`.
+    RGB input with ImageNet statistics unless given; other keyword arguments go to
+    :func:`resnet_fpn_backbone`.
     """
     return faster_rcnn(
         num_classes=num_classes,
@@ -273,29 +319,33 @@ def faster_rcnn_r18_fpn_tiny(
         head_norm="GN",
         rpn_batch_size_per_image=128,
         roi_batch_size_per_image=128,
-        pixel_mean=(123.675, 116.28, 103.53),
-        pixel_std=(58.395, 57.12, 57.375),
-        input_format="RGB",
+        **_input(_IMAGENET_RGB, pixel_mean, pixel_std, input_format),
     )
 
 
-def mask_rcnn_r18_fpn_tiny(num_classes: int = 3, **backbone_kwargs: Any) -> GeneralizedRCNN:
+def mask_rcnn_r18_fpn_tiny(num_classes: int = 3, **kwargs: Any) -> GeneralizedRCNN:
     """A small Mask R-CNN for CPU (see :func:`faster_rcnn_r18_fpn_tiny`)."""
-    return faster_rcnn_r18_fpn_tiny(num_classes, mask=True, **backbone_kwargs)
+    return faster_rcnn_r18_fpn_tiny(num_classes, mask=True, **kwargs)
 
 
-def retinanet_r18_fpn_tiny(num_classes: int = 3, **backbone_kwargs: Any) -> RetinaNet:
+def retinanet_r18_fpn_tiny(
+    num_classes: int = 3,
+    *,
+    pixel_mean: tuple[float, ...] | None = None,
+    pixel_std: tuple[float, ...] | None = None,
+    input_format: _Format | None = None,
+    **backbone_kwargs: Any,
+) -> RetinaNet:
     """A small RetinaNet (ResNet-18 GN, 64-channel FPN, GN heads) for CPU.
 
-    Other keyword arguments go to :func:`resnet_fpn_backbone`.
+    RGB input with ImageNet statistics unless given; other keyword arguments go to
+    :func:`resnet_fpn_backbone`.
     """
     return retinanet(
         num_classes=num_classes,
         backbone=_tiny_backbone("p6p7", **backbone_kwargs),
         head_norm="GN",
-        pixel_mean=(123.675, 116.28, 103.53),
-        pixel_std=(58.395, 57.12, 57.375),
-        input_format="RGB",
+        **_input(_IMAGENET_RGB, pixel_mean, pixel_std, input_format),
     )
 
 

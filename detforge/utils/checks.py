@@ -14,6 +14,7 @@ from torch import Tensor
 
 __all__ = [
     "as_tuple2",
+    "check_number",
     "check_boxes",
     "check_floating",
     "check_same_device",
@@ -94,3 +95,32 @@ def as_tuple2(value: int | Sequence[int], name: str, fn: str) -> tuple[int, int]
     if pair[0] <= 0 or pair[1] <= 0:
         raise ValueError(f"{fn}: `{name}` must be positive, got {value!r}")
     return pair
+
+
+def check_number(
+    value: object,
+    name: str,
+    fn: str,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number (an int when ``integer``) in the
+    range given by ``low``/``high`` (inclusive unless ``low_open``/``high_open``)."""
+    kind = "an int" if integer else "a number"
+    ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(
+        value, bool
+    )
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = v == v and abs(v) != float("inf")
+        ok = ok and (low is None or (v > low if low_open else v >= low))
+        ok = ok and (high is None or (v < high if high_open else v <= high))
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        rng = " and ".join(x for x in (lo, hi) if x)
+        raise ValueError(f"{fn}: `{name}` must be {kind}{' ' + rng if rng else ''}, got {value!r}")

@@ -414,7 +414,7 @@ def test_cli_roundtrip_and_new_num_classes(tmp_path: Path) -> None:
 def test_cli_torchvision_retinanet_keeps_its_architecture_and_input(tmp_path: Path) -> None:
     # torchvision's RetinaNet computes P6 from P5 and expects RGB with ImageNet statistics: the
     # converted checkpoint must rebuild that model and give the same detections.
-    from detforge.cli.evaluate import model_from_checkpoint
+    from detforge.inference import load_model
 
     torch.manual_seed(4)
     source = zoo.retinanet_r18_fpn_tiny(3, p6p7_in_feature="p5").eval()
@@ -424,12 +424,16 @@ def test_cli_torchvision_retinanet_keeps_its_architecture_and_input(tmp_path: Pa
     out = tmp_path / "converted.pth"
     args = ["--from", "torchvision", str(src), "--model", "retinanet_r18_fpn_tiny"]
     assert cv.main([*args, "--num-classes", "3", "-o", str(out), "--strict"]) == 0
-    meta = load_checkpoint(out)["metadata"]
+    meta = load_checkpoint(out)["metadata"]["model_spec"]
     assert meta["model_kwargs"] == {"stride_in_1x1": False, "p6p7_in_feature": "p5"}
-    assert meta["input_format"] == "RGB" and meta["class_names"] is None
+    assert meta["input_format"] == "RGB" and meta["class_names"] == [
+        "class_0",
+        "class_1",
+        "class_2",
+    ]
     assert meta["pixel_std"] == pytest.approx([58.395, 57.12, 57.375])
 
-    model, info = model_from_checkpoint(str(out))
+    model, info = load_model(out)
     assert model.backbone.fpn.top_block.in_feature == "p5"
     assert info.input_format == "RGB" and info.class_names == ("class_0", "class_1", "class_2")
     model.test_score_thresh = 0.0

@@ -60,17 +60,21 @@ def test_train_coco_writes_config_checkpoints_and_metrics(run_dir: Path) -> None
     assert config["class_names"] == list(SYNTHETIC_CLASSES)
     assert config["settings"]["max_iter"] == 4 and config["settings"]["batch_size"] == 2
     assert config["resize"] == {"train_min_sizes": [64], "max_size": 100}
-    assert Path(config["dataset"]["coco_json"]).is_absolute()
+    assert Path(config["data"]["coco_json"]).is_absolute()
     ckpt = torch.load(run_dir / "model_final.pth", weights_only=True)
-    assert ckpt["metadata"] == {
-        "model": "faster_rcnn_r18_fpn_tiny",
-        "model_from_config": False,
+    assert ckpt["format"] == "detforge"  # the one checkpoint format (checkpoint.io)
+    assert ckpt["metadata"]["model_spec"] == {
         "class_names": list(SYNTHETIC_CLASSES),
+        "builder": "faster_rcnn_r18_fpn_tiny",
+        "config": None,
+        "model_kwargs": {},
         "input_format": "RGB",
+        "pixel_mean": pytest.approx([123.675, 116.28, 103.53]),
+        "pixel_std": pytest.approx([58.395, 57.12, 57.375]),
         "min_size": 64,
         "max_size": 100,
     }
-    assert ckpt["trainer"]["iteration"] == 3  # the last of iterations 0..3
+    assert ckpt["extra"]["trainer"]["iteration"] == 3  # the last of iterations 0..3
     assert (run_dir / "model_0000001.pth").is_file()  # checkpoint_period=2
     lines = [json.loads(x) for x in (run_dir / "metrics.json").read_text().splitlines()]
     assert any("total_loss" in m for m in lines)
@@ -86,7 +90,7 @@ def test_resume_continues_from_the_checkpoint(
     assert main(["train", "--output", str(out), "--resume", "max_iter=6"]) == 0
     assert "training from iteration 4 to 6" in capsys.readouterr().out
     ckpt = torch.load(out / "model_final.pth", weights_only=True)
-    assert ckpt["trainer"]["iteration"] == 5
+    assert ckpt["extra"]["trainer"]["iteration"] == 5
     assert yaml.safe_load((out / "config.yaml").read_text())["settings"]["max_iter"] == 6
 
 
@@ -303,7 +307,7 @@ def test_config_run_rebuilds_the_model_from_the_checkpoint(
     assert main(["train", *_coco_args(data, val=False), *args, "max_iter=1", *FAST]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"]["fc_dim"] == 128 and saved["model"]["num_classes"] == 4
-    assert saved["run"]["model_from_config"] is True
+    assert saved["run"]["config_file"] == str(config) and saved["run"]["model"] is None
     pred = tmp_path / "pred"
     image = str(data["val_images"] / "000000.jpg")
     weights = str(out / "model_final.pth")
@@ -346,7 +350,7 @@ def test_a_config_file_alone_describes_the_run(data: dict[str, Path], tmp_path: 
     run = saved["run"]
     assert run["settings"]["max_iter"] == 3 and run["settings"]["batch_size"] == 2
     assert run["resize"] == {"train_min_sizes": [64], "max_size": 100}
-    assert run["dataset"]["coco_json"] == str(data["train_json"])
+    assert run["data"]["coco_json"] == str(data["train_json"])
     assert saved["model"]["num_classes"] == len(SYNTHETIC_CLASSES)  # from the data
     assert (out / "model_final.pth").is_file()
     # Command-line items and flags win over the config: extend the finished run by resuming.

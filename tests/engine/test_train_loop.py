@@ -72,8 +72,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(records, tmp_path
         model, trainer, _ = _setup(records, tmp_path / "cut", max_iter=4, period=4)
         trainer.train()
         # ... continued by a new process: resume, then build the loader from that point.
-        probe = Checkpointer(model, tmp_path / "cut")
-        start = probe.next_iteration()
+        found = Checkpointer(model, tmp_path / "cut").find_resumable()
+        assert found is not None
+        start = found[1]["extra"]["trainer"]["iteration"] + 1
         assert start == 4
         model, trainer, ckpt = _setup(records, tmp_path / "cut", max_iter=6, start_batch=start)
         assert ckpt.resume() == 4
@@ -93,7 +94,7 @@ def test_checkpoints_are_pruned_and_final_written(records, tmp_path):
     assert names == ["model_0000004.pth", "model_0000005.pth", "model_final.pth"]
     assert ckpt.last_checkpoint().name == "model_final.pth"
     data = Checkpointer.load(tmp_path / "model_final.pth")
-    assert data["trainer"]["iteration"] == 6 and data["metadata"] == {"classes": 4}
+    assert data["extra"]["trainer"]["iteration"] == 6 and data["metadata"]["classes"] == 4
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left
 
 
@@ -179,4 +180,4 @@ def test_ema_tracks_weights(records, tmp_path):
     assert not torch.equal(ema.state[k], model.state_dict()[k])
     with ema.apply_to(model):
         assert torch.equal(model.state_dict()[k], ema.state[k])
-    assert "ema" in Checkpointer.load(tmp_path / "model_final.pth")
+    assert "ema" in Checkpointer.load(tmp_path / "model_final.pth")["extra"]
