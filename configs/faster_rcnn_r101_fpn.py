@@ -1,7 +1,12 @@
-"""Faster R-CNN, R101-FPN, COCO (80 classes): `zoo.MODELS["faster_rcnn_r101_fpn"]`."""
+"""Faster R-CNN, R101-FPN, COCO (80 classes), detectron2's 1x schedule.
+
+The zoo model `faster_rcnn_r101_fpn`: its builder is the one definition of the model.
+"""
+
+from detforge.config import LazyCall as L
+from detforge.modeling.zoo import faster_rcnn_r101_fpn
 
 from .common.data.coco import dataloader  # noqa: F401
-from .common.models.faster_rcnn_fpn import model
 from .common.train import train  # noqa: F401
 
-model.backbone.depth = 101
+model = L(faster_rcnn_r101_fpn)(num_classes=80)

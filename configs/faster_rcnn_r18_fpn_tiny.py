@@ -1,25 +1,13 @@
-"""A small Faster R-CNN for CPU training from scratch: `zoo.MODELS["faster_rcnn_r18_fpn_tiny"]`.
+"""A small Faster R-CNN for CPU training from scratch: the zoo model `faster_rcnn_r18_fpn_tiny`.
 
-ResNet-18 with GroupNorm (trainable from scratch, unlike FrozenBN), a 64-channel FPN, a 256-wide
-box head and RGB ImageNet pixel statistics; 3 classes, as the synthetic dataset used by tests.
+ResNet-18 with GroupNorm (trainable from scratch, unlike FrozenBN), a 64-channel FPN, GroupNorm
+heads and RGB ImageNet pixel statistics; 3 classes, as the synthetic dataset used by tests.
 """
 
+from detforge.config import LazyCall as L
+from detforge.modeling.zoo import faster_rcnn_r18_fpn_tiny
+
 from .common.data.small_cpu import dataloader  # noqa: F401
-from .common.models.faster_rcnn_fpn import model
 from .common.train_cpu import train  # noqa: F401
 
-model.num_classes = 3
-model.backbone.depth = 18
-model.backbone.norm = "GN"
-model.backbone.freeze_at = 0
-model.backbone.stride_in_1x1 = False
-model.backbone.out_channels = 64
-model.backbone.fpn_norm = "GN"
-model.fc_dim = 256
-model.mask_conv_dim = 64
-model.head_norm = "GN"
-model.rpn_batch_size_per_image = 128
-model.roi_batch_size_per_image = 128
-model.pixel_mean = (123.675, 116.28, 103.53)
-model.pixel_std = (58.395, 57.12, 57.375)
-model.input_format = "RGB"
+model = L(faster_rcnn_r18_fpn_tiny)(num_classes=3)

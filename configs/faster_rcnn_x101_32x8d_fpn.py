@@ -1,14 +1,12 @@
-"""Faster R-CNN, X-101-32x8d-FPN, COCO (80 classes): `zoo.MODELS["faster_rcnn_x101_32x8d_fpn"]`."""
+"""Faster R-CNN, X101-32x8d-FPN, COCO (80 classes), detectron2's 1x schedule.
 
-from detforge.modeling.zoo import X101_STD
+The zoo model `faster_rcnn_x101_32x8d_fpn`: its builder is the one definition of the model.
+"""
+
+from detforge.config import LazyCall as L
+from detforge.modeling.zoo import faster_rcnn_x101_32x8d_fpn
 
 from .common.data.coco import dataloader  # noqa: F401
-from .common.models.faster_rcnn_fpn import model
 from .common.train import train  # noqa: F401
 
-# ResNeXt-101 32x8d in pytorch style (stride in the 3x3 conv), as its Facebook weights expect.
-model.backbone.depth = 101
-model.backbone.groups = 32
-model.backbone.width_per_group = 8
-model.backbone.stride_in_1x1 = False
-model.pixel_std = X101_STD
+model = L(faster_rcnn_x101_32x8d_fpn)(num_classes=80)

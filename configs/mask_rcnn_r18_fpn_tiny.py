@@ -1,5 +1,13 @@
-"""A small Mask R-CNN for CPU: the tiny Faster R-CNN plus a mask head (`mask_rcnn_r18_fpn_tiny`)."""
+"""A small Mask R-CNN for CPU training from scratch: the zoo model `mask_rcnn_r18_fpn_tiny`.
 
-from .faster_rcnn_r18_fpn_tiny import dataloader, model, train  # noqa: F401
+ResNet-18 with GroupNorm (trainable from scratch, unlike FrozenBN), a 64-channel FPN, GroupNorm
+heads and RGB ImageNet pixel statistics; 3 classes, as the synthetic dataset used by tests.
+"""
 
-model.mask = True
+from detforge.config import LazyCall as L
+from detforge.modeling.zoo import mask_rcnn_r18_fpn_tiny
+
+from .common.data.small_cpu import dataloader  # noqa: F401
+from .common.train_cpu import train  # noqa: F401
+
+model = L(mask_rcnn_r18_fpn_tiny)(num_classes=3)

@@ -1,5 +1,12 @@
-"""Mask R-CNN, R50-FPN, COCO (80 classes): `zoo.MODELS["mask_rcnn_r50_fpn"]`."""
+"""Mask R-CNN, R50-FPN, COCO (80 classes), detectron2's 1x schedule.
+
+The zoo model `mask_rcnn_r50_fpn`: its builder is the one definition of the model.
+"""
+
+from detforge.config import LazyCall as L
+from detforge.modeling.zoo import mask_rcnn_r50_fpn
 
 from .common.data.coco import dataloader  # noqa: F401
-from .common.models.mask_rcnn_fpn import model  # noqa: F401
 from .common.train import train  # noqa: F401
+
+model = L(mask_rcnn_r50_fpn)(num_classes=80)

@@ -1,7 +1,12 @@
-"""RetinaNet, R101-FPN, COCO (80 classes): `zoo.MODELS["retinanet_r101_fpn"]`."""
+"""RetinaNet, R101-FPN, COCO (80 classes), detectron2's 1x schedule.
+
+The zoo model `retinanet_r101_fpn`: its builder is the one definition of the model.
+"""
+
+from detforge.config import LazyCall as L
+from detforge.modeling.zoo import retinanet_r101_fpn
 
 from .common.data.coco import dataloader  # noqa: F401
-from .common.models.retinanet_fpn import model
 from .common.train import train  # noqa: F401
 
-model.backbone.depth = 101
+model = L(retinanet_r101_fpn)(num_classes=80)

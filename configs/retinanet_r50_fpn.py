@@ -1,5 +1,12 @@
-"""RetinaNet, R50-FPN, COCO (80 classes): `zoo.MODELS["retinanet_r50_fpn"]`."""
+"""RetinaNet, R50-FPN, COCO (80 classes), detectron2's 1x schedule.
+
+The zoo model `retinanet_r50_fpn`: its builder is the one definition of the model.
+"""
+
+from detforge.config import LazyCall as L
+from detforge.modeling.zoo import retinanet_r50_fpn
 
 from .common.data.coco import dataloader  # noqa: F401
-from .common.models.retinanet_fpn import model  # noqa: F401
 from .common.train import train  # noqa: F401
+
+model = L(retinanet_r50_fpn)(num_classes=80)

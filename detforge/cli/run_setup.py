@@ -202,7 +202,7 @@ def config_model(cfg: DictConfig, path: str, num_classes: int) -> nn.Module:
     try:
         apply_overrides(cfg, [f"model.num_classes={num_classes}"])
         model = instantiate(cfg.model)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise CLIError(f"--config {path}: {e}".splitlines()[0]) from e
     if not isinstance(model, nn.Module):
         raise CLIError(f"--config {path}: `model` built a {type(model).__name__}, not a module")

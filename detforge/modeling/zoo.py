@@ -1,8 +1,10 @@
 """Plain builder functions for every model, and the one explicit name -> builder table.
 
-Each builder returns a ready ``nn.Module`` from keyword arguments: no config is needed, and a
-config file may simply call a builder. Defaults are detectron2's for the same model (so that its
-checkpoints, once converted, load and reproduce its detections):
+Each builder returns a ready ``nn.Module`` from keyword arguments: no config is needed. A zoo
+model is defined here and only here: its config in ``configs/`` calls its builder lazily, and
+edits of the config (``model.freeze_at=3``, ``model.fc_dim=512``) are keyword arguments of it.
+Defaults are detectron2's for the same model (so that its checkpoints, once converted, load and
+reproduce its detections):
 
 * ResNet trunks in MSRA/caffe style (``stride_in_1x1=True``) with FrozenBN and the stem plus
   ``res2`` frozen, pixel mean ``(103.530, 116.280, 123.675)`` and std 1 on BGR images, as the
@@ -17,6 +19,7 @@ GroupNorm (trainable from scratch, unlike FrozenBN), narrow FPN and heads.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -42,8 +45,20 @@ __all__ = [
     "MODELS",
     "build_model",
     "faster_rcnn",
-    "retinanet",
+    "faster_rcnn_r18_fpn_tiny",
+    "faster_rcnn_r50_fpn",
+    "faster_rcnn_r101_fpn",
+    "faster_rcnn_x101_32x8d_fpn",
+    "mask_rcnn_r18_fpn_tiny",
+    "mask_rcnn_r50_fpn",
+    "mask_rcnn_r101_fpn",
+    "mask_rcnn_x101_32x8d_fpn",
     "resnet_fpn_backbone",
+    "retinanet",
+    "retinanet_r18_fpn_tiny",
+    "retinanet_r50_fpn",
+    "retinanet_r101_fpn",
+    "retinanet_x101_32x8d_fpn",
 ]
 
 CAFFE_MEAN = (103.530, 116.280, 123.675)  # BGR
@@ -197,6 +212,7 @@ def retinanet(
 
 def _trunk(name: str) -> dict:
     return {
+        "r18": {"depth": 18},
         "r50": {"depth": 50},
         "r101": {"depth": 101},
         "x101_32x8d": {"depth": 101, "groups": 32, "width_per_group": 8, "stride_in_1x1": False},
@@ -207,119 +223,129 @@ def _std(name: str) -> tuple[float, ...]:
     return X101_STD if name.startswith("x101") else CAFFE_STD
 
 
-_BUILDER_DOC = (
-    "\n\n    ``pixel_mean``, ``pixel_std`` and ``input_format`` (None: detectron2's) give the\n"
-    "    input normalisation the weights expect; other keyword arguments after ``num_classes``\n"
-    "    go to :func:`resnet_fpn_backbone` (e.g. ``stride_in_1x1=False`` for torchvision weights,\n"
-    '    ``norm="SyncBN"``).'
-)
-_Format = Literal["BGR", "RGB"]
+_BACKBONE_KEYS = frozenset(inspect.signature(resnet_fpn_backbone).parameters)
 
 
-def _input(
-    defaults: tuple[tuple[float, ...], tuple[float, ...], _Format],
-    pixel_mean: tuple[float, ...] | None,
-    pixel_std: tuple[float, ...] | None,
-    input_format: _Format | None,
-) -> dict[str, Any]:
-    """The normalisation keywords of a detector: the given values, else ``defaults``."""
-    mean, std, fmt = defaults
-    return {
-        "pixel_mean": tuple(pixel_mean) if pixel_mean is not None else mean,
-        "pixel_std": tuple(pixel_std) if pixel_std is not None else std,
-        "input_format": input_format or fmt,
-    }
+def _split(
+    kwargs: dict[str, Any],
+    backbone: dict[str, Any],
+    detector: dict[str, Any],
+    build: Callable[..., nn.Module] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(backbone keywords, detector keywords)``: the defaults updated by ``kwargs``, each
+    keyword going to :func:`resnet_fpn_backbone` when it names one of its arguments.
 
-
-def _rcnn_builder(trunk: str, mask: bool) -> Callable[..., nn.Module]:
-    def build(
-        num_classes: int = 80,
-        *,
-        pixel_mean: tuple[float, ...] | None = None,
-        pixel_std: tuple[float, ...] | None = None,
-        input_format: _Format | None = None,
-        **backbone_kwargs: Any,
-    ) -> nn.Module:
-        return faster_rcnn(
-            num_classes=num_classes,
-            backbone=resnet_fpn_backbone(**(_trunk(trunk) | backbone_kwargs)),
-            mask=mask,
-            **_input((CAFFE_MEAN, _std(trunk), "BGR"), pixel_mean, pixel_std, input_format),
-        )
-
-    kind = "Mask" if mask else "Faster"
-    build.__doc__ = f"{kind} R-CNN, {trunk.upper()}-FPN, detectron2 defaults." + _BUILDER_DOC
-    return build
-
-
-def _retina_builder(trunk: str) -> Callable[..., nn.Module]:
-    def build(
-        num_classes: int = 80,
-        *,
-        pixel_mean: tuple[float, ...] | None = None,
-        pixel_std: tuple[float, ...] | None = None,
-        input_format: _Format | None = None,
-        **backbone_kwargs: Any,
-    ) -> nn.Module:
-        kwargs = _trunk(trunk) | {"top_block": "p6p7", "in_features": ("res3", "res4", "res5")}
-        return retinanet(
-            num_classes=num_classes,
-            backbone=resnet_fpn_backbone(**(kwargs | backbone_kwargs)),
-            **_input((CAFFE_MEAN, _std(trunk), "BGR"), pixel_mean, pixel_std, input_format),
-        )
-
-    build.__doc__ = f"RetinaNet, {trunk.upper()}-FPN, detectron2 defaults." + _BUILDER_DOC
-    return build
-
-
-def _tiny_backbone(top_block: Literal["maxpool", "p6p7"], **overrides: Any) -> BackboneWithFPN:
-    in_features = (
-        ("res2", "res3", "res4", "res5") if top_block == "maxpool" else ("res3", "res4", "res5")
-    )
-    kwargs: dict[str, Any] = {
-        "depth": 18,
-        "norm": "GN",
-        "freeze_at": 0,
-        "stride_in_1x1": False,
-        "out_channels": 64,
-        "fpn_norm": "GN",
-        "top_block": top_block,
-        "in_features": in_features,
-    }
-    return resnet_fpn_backbone(**(kwargs | overrides))
-
-
-_IMAGENET_RGB: tuple[tuple[float, ...], tuple[float, ...], _Format] = (
-    (123.675, 116.28, 103.53),
-    (58.395, 57.12, 57.375),
-    "RGB",
-)
-
-
-def faster_rcnn_r18_fpn_tiny(
-    num_classes: int = 3,
-    *,
-    mask: bool = False,
-    pixel_mean: tuple[float, ...] | None = None,
-    pixel_std: tuple[float, ...] | None = None,
-    input_format: _Format | None = None,
-    **backbone_kwargs: Any,
-) -> GeneralizedRCNN:
-    """A small Faster/Mask R-CNN (ResNet-18 GN, 64-channel FPN, 256-wide head) for CPU.
-
-    RGB input with ImageNet statistics unless given; other keyword arguments go to
-    :func:`resnet_fpn_backbone`.
+    Raises:
+        TypeError: a keyword that neither the backbone nor ``build`` takes (with close names).
     """
+    import difflib
+
+    if build is not None:
+        known = _BACKBONE_KEYS | set(inspect.signature(build).parameters) - {"backbone"}
+        for key in kwargs:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=2)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise TypeError(f"unknown model keyword {key!r}{hint}")
+    given_backbone = {k: v for k, v in kwargs.items() if k in _BACKBONE_KEYS}
+    given_detector = {k: v for k, v in kwargs.items() if k not in _BACKBONE_KEYS}
+    return backbone | given_backbone, detector | given_detector
+
+
+def _rcnn(trunk: str, mask: bool, num_classes: int, kwargs: dict[str, Any]) -> GeneralizedRCNN:
+    backbone, detector = _split(kwargs, _trunk(trunk), {"pixel_std": _std(trunk)}, faster_rcnn)
     return faster_rcnn(
-        num_classes=num_classes,
-        backbone=_tiny_backbone("maxpool", **backbone_kwargs),
-        mask=mask,
-        fc_dim=256,
-        mask_conv_dim=64,
-        head_norm="GN",
-        rpn_batch_size_per_image=128,
-        roi_batch_size_per_image=128,
-        **_input(_IMAGENET_RGB, pixel_mean, pixel_std, input_format),
+        num_classes=num_classes, backbone=resnet_fpn_backbone(**backbone), mask=mask, **detector
+    )
+
+
+def _retina(trunk: str, num_classes: int, kwargs: dict[str, Any]) -> RetinaNet:
+    p3_p7 = {"top_block": "p6p7", "in_features": ("res3", "res4", "res5")}
+    defaults = {"pixel_std": _std(trunk)}
+    backbone, detector = _split(kwargs, _trunk(trunk) | p3_p7, defaults, retinanet)
+    return retinanet(num_classes=num_classes, backbone=resnet_fpn_backbone(**backbone), **detector)
+
+
+# The zoo: one function per model, the one source of truth for it (configs/ call these). Keyword
+# arguments naming an argument of `resnet_fpn_backbone` (depth, norm, freeze_at, stride_in_1x1,
+# ...) go to the backbone; the others (fc_dim, pixel_mean, pixel_std, input_format, ...) to
+# `faster_rcnn` / `retinanet`.
+
+
+def faster_rcnn_r50_fpn(num_classes: int = 80, **kwargs: Any) -> GeneralizedRCNN:
+    """Faster R-CNN, R50-FPN, detectron2 defaults (keywords: see the zoo comment above)."""
+    return _rcnn("r50", False, num_classes, kwargs)
+
+
+def faster_rcnn_r101_fpn(num_classes: int = 80, **kwargs: Any) -> GeneralizedRCNN:
+    """Faster R-CNN, R101-FPN, detectron2 defaults."""
+    return _rcnn("r101", False, num_classes, kwargs)
+
+
+def faster_rcnn_x101_32x8d_fpn(num_classes: int = 80, **kwargs: Any) -> GeneralizedRCNN:
+    """Faster R-CNN, X101-32x8d-FPN (pytorch-style ResNeXt, its std), detectron2 defaults."""
+    return _rcnn("x101_32x8d", False, num_classes, kwargs)
+
+
+def mask_rcnn_r50_fpn(num_classes: int = 80, **kwargs: Any) -> GeneralizedRCNN:
+    """Mask R-CNN, R50-FPN, detectron2 defaults."""
+    return _rcnn("r50", True, num_classes, kwargs)
+
+
+def mask_rcnn_r101_fpn(num_classes: int = 80, **kwargs: Any) -> GeneralizedRCNN:
+    """Mask R-CNN, R101-FPN, detectron2 defaults."""
+    return _rcnn("r101", True, num_classes, kwargs)
+
+
+def mask_rcnn_x101_32x8d_fpn(num_classes: int = 80, **kwargs: Any) -> GeneralizedRCNN:
+    """Mask R-CNN, X101-32x8d-FPN, detectron2 defaults."""
+    return _rcnn("x101_32x8d", True, num_classes, kwargs)
+
+
+def retinanet_r50_fpn(num_classes: int = 80, **kwargs: Any) -> RetinaNet:
+    """RetinaNet, R50-FPN (P3-P7, P6 from res5), detectron2 defaults."""
+    return _retina("r50", num_classes, kwargs)
+
+
+def retinanet_r101_fpn(num_classes: int = 80, **kwargs: Any) -> RetinaNet:
+    """RetinaNet, R101-FPN, detectron2 defaults."""
+    return _retina("r101", num_classes, kwargs)
+
+
+def retinanet_x101_32x8d_fpn(num_classes: int = 80, **kwargs: Any) -> RetinaNet:
+    """RetinaNet, X101-32x8d-FPN, detectron2 defaults."""
+    return _retina("x101_32x8d", num_classes, kwargs)
+
+
+#: The tiny models: ResNet-18 with GroupNorm (trainable from scratch, unlike FrozenBN), a
+#: 64-channel FPN, GroupNorm heads, RGB input with ImageNet statistics.
+_TINY_BACKBONE = {
+    "depth": 18,
+    "norm": "GN",
+    "freeze_at": 0,
+    "stride_in_1x1": False,
+    "out_channels": 64,
+    "fpn_norm": "GN",
+}
+_TINY_INPUT = {
+    "pixel_mean": (123.675, 116.28, 103.53),
+    "pixel_std": (58.395, 57.12, 57.375),
+    "input_format": "RGB",
+    "head_norm": "GN",
+}
+
+
+def faster_rcnn_r18_fpn_tiny(num_classes: int = 3, **kwargs: Any) -> GeneralizedRCNN:
+    """A small Faster R-CNN (ResNet-18 GN, 64-channel FPN, 256-wide head) for CPU training."""
+    head = {
+        "fc_dim": 256,
+        "mask_conv_dim": 64,
+        "rpn_batch_size_per_image": 128,
+        "roi_batch_size_per_image": 128,
+    }
+    backbone, detector = _split(kwargs, _TINY_BACKBONE, _TINY_INPUT | head, faster_rcnn)
+    return faster_rcnn(
+        num_classes=num_classes, backbone=resnet_fpn_backbone(**backbone), **detector
     )
 
 
@@ -328,40 +354,29 @@ def mask_rcnn_r18_fpn_tiny(num_classes: int = 3, **kwargs: Any) -> GeneralizedRC
     return faster_rcnn_r18_fpn_tiny(num_classes, mask=True, **kwargs)
 
 
-def retinanet_r18_fpn_tiny(
-    num_classes: int = 3,
-    *,
-    pixel_mean: tuple[float, ...] | None = None,
-    pixel_std: tuple[float, ...] | None = None,
-    input_format: _Format | None = None,
-    **backbone_kwargs: Any,
-) -> RetinaNet:
-    """A small RetinaNet (ResNet-18 GN, 64-channel FPN, GN heads) for CPU.
-
-    RGB input with ImageNet statistics unless given; other keyword arguments go to
-    :func:`resnet_fpn_backbone`.
-    """
-    return retinanet(
-        num_classes=num_classes,
-        backbone=_tiny_backbone("p6p7", **backbone_kwargs),
-        head_norm="GN",
-        **_input(_IMAGENET_RGB, pixel_mean, pixel_std, input_format),
-    )
+def retinanet_r18_fpn_tiny(num_classes: int = 3, **kwargs: Any) -> RetinaNet:
+    """A small RetinaNet (ResNet-18 GN, 64-channel P3-P7 FPN, GN heads) for CPU training."""
+    p3_p7 = {"top_block": "p6p7", "in_features": ("res3", "res4", "res5")}
+    backbone, detector = _split(kwargs, _TINY_BACKBONE | p3_p7, _TINY_INPUT, retinanet)
+    return retinanet(num_classes=num_classes, backbone=resnet_fpn_backbone(**backbone), **detector)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "faster_rcnn_r50_fpn": _rcnn_builder("r50", mask=False),
-    "faster_rcnn_r101_fpn": _rcnn_builder("r101", mask=False),
-    "faster_rcnn_x101_32x8d_fpn": _rcnn_builder("x101_32x8d", mask=False),
-    "mask_rcnn_r50_fpn": _rcnn_builder("r50", mask=True),
-    "mask_rcnn_r101_fpn": _rcnn_builder("r101", mask=True),
-    "mask_rcnn_x101_32x8d_fpn": _rcnn_builder("x101_32x8d", mask=True),
-    "retinanet_r50_fpn": _retina_builder("r50"),
-    "retinanet_r101_fpn": _retina_builder("r101"),
-    "retinanet_x101_32x8d_fpn": _retina_builder("x101_32x8d"),
-    "faster_rcnn_r18_fpn_tiny": faster_rcnn_r18_fpn_tiny,
-    "mask_rcnn_r18_fpn_tiny": mask_rcnn_r18_fpn_tiny,
-    "retinanet_r18_fpn_tiny": retinanet_r18_fpn_tiny,
+    f.__name__: f
+    for f in (
+        faster_rcnn_r50_fpn,
+        faster_rcnn_r101_fpn,
+        faster_rcnn_x101_32x8d_fpn,
+        mask_rcnn_r50_fpn,
+        mask_rcnn_r101_fpn,
+        mask_rcnn_x101_32x8d_fpn,
+        retinanet_r50_fpn,
+        retinanet_r101_fpn,
+        retinanet_x101_32x8d_fpn,
+        faster_rcnn_r18_fpn_tiny,
+        mask_rcnn_r18_fpn_tiny,
+        retinanet_r18_fpn_tiny,
+    )
 }
 
 

@@ -315,7 +315,7 @@ def test_config_run_rebuilds_the_model_from_the_checkpoint(
     assert (pred / "000000.jpg").is_file()
     bad = ["--config", str(config), "--output", str(tmp_path / "x"), "model.fc_dimm=1"]
     code = main(["train", *_coco_args(data, val=False), *bad])
-    assert code == 2 and "model.fc_dim" in capsys.readouterr().err
+    assert code == 2 and "'fc_dimm'; did you mean fc_dim" in capsys.readouterr().err
 
 
 def _write_run_config(path: Path, data: dict[str, Path], out: Path) -> Path:
