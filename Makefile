@@ -30,8 +30,8 @@ demo-ops: $(STAMP)
 	$(VPY) -m detforge.demo
 
 lint: $(STAMP)
-	$(VPY) -m ruff check detforge tests benchmarks configs tools
-	$(VPY) -m ruff format --check detforge tests benchmarks configs tools
+	$(VPY) -m ruff check detforge tests benchmarks configs
+	$(VPY) -m ruff format --check detforge tests benchmarks configs
 	$(VPY) -m mypy
 
 test: lint

@@ -167,7 +167,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from detforge.modeling.zoo import MODELS
 
     parser = argparse.ArgumentParser(
-        prog="python -m detforge.checkpoint.convert",
+        prog="detforge convert",
         description="Convert foreign weights into a detforge checkpoint for a zoo model.",
     )
     parser.add_argument("--from", dest="source_format", choices=sorted(CONVERTERS), required=True)
