@@ -326,3 +326,43 @@ def test_trainer_checkpoints_and_safetensors_load_everywhere(
     coco = ["--coco-json", str(data["val_json"]), "--image-root", str(data["val_images"])]
     assert main(["eval", "--weights", str(st), *coco]) == 0
     assert main(["predict", "--weights", str(st), "--input", image, "--output", str(tmp_path)]) == 0
+
+
+def test_resume_keeps_model_best_and_the_ema(data: dict[str, Path], tmp_path: Path) -> None:
+    import dataclasses
+
+    from detforge.data.augmentation import ResizeShortestEdge
+    from detforge.data.datasets.coco import load_coco_json
+    from detforge.data.mapper import DatasetMapper
+    from detforge.engine.recipe import TrainSettings, seed_everything, train_detector
+    from detforge.modeling.zoo import faster_rcnn_r18_fpn_tiny
+
+    records = load_coco_json(data["train_json"], data["train_images"])
+    resize = ResizeShortestEdge((64,), max_size=100, sample_style="choice")
+    mapper = DatasetMapper([resize], is_train=True, image_format="RGB")
+    settings = TrainSettings(
+        output_dir=str(tmp_path / "run"), max_iter=2, batch_size=2, num_workers=0,
+        warmup_iters=1, checkpoint_period=1, log_period=1, ema_decay=0.5,
+    )  # fmt: skip
+    scores = iter([5.0, 3.0])  # the resumed run's evaluation is worse than the first one's
+
+    def evaluate(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+        return {"bbox": {"AP": next(scores)}}
+
+    seed_everything(0)
+    train_detector(faster_rcnn_r18_fpn_tiny(4), records, mapper, settings, evaluate=evaluate)
+    best = _weights(tmp_path / "run" / "model_best.pth")
+    ema = load_checkpoint(tmp_path / "run" / "model_final.pth")["extra"]["ema"]
+    seed_everything(0)
+    resumed = dataclasses.replace(settings, max_iter=3, resume=True)
+    trainer = train_detector(
+        faster_rcnn_r18_fpn_tiny(4), records, mapper, resumed, evaluate=evaluate
+    )
+    after = _weights(tmp_path / "run" / "model_best.pth")
+    assert all(torch.equal(best[k], after[k]) for k in best)  # 3.0 < 5.0: model_best kept
+    ema_hook = next(h for h in trainer.hooks if type(h).__name__ == "EMAHook")
+    # One more update of the saved average (decay 0.5), not a fresh average of the weights.
+    final = _weights(tmp_path / "run" / "model_final.pth")
+    for k, v in ema.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(ema_hook.ema.state[k], 0.5 * v + 0.5 * final[k])

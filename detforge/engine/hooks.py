@@ -234,6 +234,7 @@ class EvalHook(HookBase):
         better = all_gather(math.isfinite(value) and value > self.best)[0]
         if self.checkpointer is not None and better:
             self.best = value
+            self.checkpointer.extra_state["eval_best"] = value  # kept across resume
             self.checkpointer.save("model_best")
 
     def after_step(self) -> None:

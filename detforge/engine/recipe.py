@@ -379,15 +379,21 @@ def train_detector(
             )
     writer = MetricsWriter(out, period=s.log_period)
     hooks: list[HookBase] = [PeriodicCheckpointer(checkpointer, s.checkpoint_period), writer]
+    saved = found[1]["extra"] if found is not None else {}
     if s.ema_decay is not None:
-        hooks.append(EMAHook(ModelEMA(model, s.ema_decay), checkpointer))
+        ema = ModelEMA(model, s.ema_decay)
+        if "ema" in saved:  # the average goes on from where the checkpoint left it
+            ema.state = {k: v.to(device) for k, v in saved["ema"].items()}
+        hooks.append(EMAHook(ema, checkpointer))
     hooks.append(ProgressLogger(period=s.log_period))
     if evaluate is not None:
-        hooks.append(
-            EvalHook(
-                s.eval_period, lambda: evaluate(model), checkpointer=checkpointer, writer=writer
-            )
+        eval_hook = EvalHook(
+            s.eval_period, lambda: evaluate(model), checkpointer=checkpointer, writer=writer
         )
+        if "eval_best" in saved:  # a resumed run keeps model_best unless it does better
+            eval_hook.best = float(saved["eval_best"])
+            checkpointer.extra_state["eval_best"] = eval_hook.best
+        hooks.append(eval_hook)
     trainer.register_hooks([*hooks, *extra_hooks])
     trainer.train()
     return trainer
