@@ -12,6 +12,16 @@ import torch
 from torch import Tensor
 
 IMAGE_HW = (800, 1333)
+NMS_SIZES = (100, 300, 1000, 5000, 20000)  # boxes of the `nms` workloads, each at IoU 0.5 and 0.7
+# (boxes, categories, IoU threshold) of the `batched_nms` workloads: per-class NMS at test time,
+# and (5 categories at 0.7) per-level RPN NMS
+BATCHED_NMS_CASES = (
+    (100, 80, 0.5),
+    (300, 80, 0.5),
+    (1000, 80, 0.5),
+    (1000, 5, 0.7),
+    (5000, 80, 0.5),
+)
 
 
 def clustered_boxes(n: int, *, seed: int = 0, per_cluster: int = 20) -> tuple[Tensor, Tensor]:
@@ -37,6 +47,21 @@ def clustered_boxes(n: int, *, seed: int = 0, per_cluster: int = 20) -> tuple[Te
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
     scores = torch.rand(n, generator=g)
     return boxes, scores
+
+
+def classed_boxes(n: int, num_classes: int = 80, *, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """The boxes of :func:`clustered_boxes`, each with a random category in ``[0, num_classes)``.
+
+    The categories come from their own generator (seeded with ``seed``), so the boxes and scores
+    are exactly those of ``clustered_boxes(n, seed=seed)``.
+
+    Returns:
+        boxes (Tensor[n, 4]) float32 xyxy, scores (Tensor[n]) float32, idxs (Tensor[n]) int64.
+    """
+    boxes, scores = clustered_boxes(n, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    idxs = torch.randint(0, num_classes, (n,), generator=g)
+    return boxes, scores, idxs
 
 
 def roi_align_inputs(

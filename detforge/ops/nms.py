@@ -15,8 +15,9 @@ Conventions shared by every function here:
 * Inputs may live on any device and need not be contiguous; no gradient flows through NMS.
 
 No compiled kernel exists yet, so every function validates its arguments and then dispatches to
-the vectorised reference in ``detforge.ops._reference.nms``; a kernel registered as
-``torch.ops.detforge.nms`` would be dispatched to from here.
+the vectorised reference in ``detforge.ops._reference.nms`` (where ``nms`` and ``batched_nms``
+on at most ``_SMALL`` CPU boxes take a path whose cost is a fixed, small number of NumPy calls);
+a kernel registered as ``torch.ops.detforge.nms`` would be dispatched to from here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import numbers
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,8 +55,34 @@ def _check_finite(fn: str, name: str, x: Tensor, what: str) -> None:
         raise ValueError(f"{fn}: `{name}` must be finite; {what} {i} is {x[i].tolist()}")
 
 
-def _check_inputs(fn: str, boxes: object, scores: object, idxs: object = None) -> None:
-    """Validate ``boxes`` [N, 4], ``scores`` [N] and, when given, category ``idxs`` [N]."""
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+def _value_stats(b: Tensor, s: Tensor) -> tuple[float, float, float, float]:
+    """Smallest and largest coordinate, smallest width or height, and sum of the scores.
+
+    One reduction of each and one device sync; on the CPU in NumPy (on the same memory), whose
+    calls cost a fraction of a tensor op's, for NMS calls on small inputs.
+    """
+    if b.device.type == "cpu" and b.dtype in _NUMPY_FLOATS and s.dtype in _NUMPY_FLOATS:
+        bn = b.numpy()
+        with np.errstate(all="ignore"):  # inf - inf, overflows: flagged by the results
+            sizes = bn[:, 2:] - bn[:, :2]
+            return float(bn.min()), float(bn.max()), float(sizes.min()), float(s.numpy().sum())
+    lo, hi = torch.aminmax(b)
+    stats = torch.stack([lo, hi, (b[:, 2:] - b[:, :2]).amin(), s.sum()]).tolist()
+    return stats[0], stats[1], stats[2], stats[3]
+
+
+def _check_inputs(fn: str, boxes: object, scores: object, idxs: object = None) -> float:
+    """Validate ``boxes`` [N, 4], ``scores`` [N] and, when given, category ``idxs`` [N].
+
+    The values are checked with one reduction (and one device sync); only when it flags a problem
+    do the detailed checks run, to name the first bad entry.
+
+    Returns:
+        float: the largest absolute coordinate (0 when there are no boxes).
+    """
     b = check_tensor(boxes, "boxes", fn)
     check_shape(b, "boxes", fn, (None, 4))
     check_floating(b, "boxes", fn)
@@ -69,9 +97,20 @@ def _check_inputs(fn: str, boxes: object, scores: object, idxs: object = None) -
         if i.dtype.is_floating_point or i.dtype.is_complex or i.dtype == torch.bool:
             raise TypeError(f"{fn}: `idxs` must be an integer tensor, got {i.dtype}")
         check_same_device(fn, boxes=b, scores=s, idxs=i)
+    if b.numel() == 0:
+        return 0.0
+    b, s = b.detach(), s.detach()
+    lo, hi, size, total = _value_stats(b, s)
+    # NaN fails `>= 0` and propagates through min, max and sum; an infinite coordinate or score
+    # makes the extent or the sum infinite (a sum that merely overflows only costs the detailed
+    # checks below, which then pass)
+    extent = max(-lo, hi)
+    if size >= 0 and math.isfinite(extent) and math.isfinite(total):
+        return extent
     _check_finite(fn, "boxes", b, "box")
     check_boxes(b, "boxes", fn)
     _check_finite(fn, "scores", s, "score")
+    return extent
 
 
 def _check_float(fn: str, name: str, value: object, *, positive: bool = False) -> float:
@@ -102,9 +141,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         Tensor[K] (int64): indices of the kept boxes, by decreasing score (ties: lower index
         first). Empty when N = 0.
     """
-    _check_inputs("nms", boxes, scores)
+    extent = _check_inputs("nms", boxes, scores)
     t = _check_float("nms", "iou_threshold", iou_threshold)
-    return _ref.nms(boxes, scores, t)
+    return _ref.nms(boxes, scores, t, extent)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -126,9 +165,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         Tensor[K] (int64): indices of the kept boxes, by decreasing score (ties: lower index
         first).
     """
-    _check_inputs("batched_nms", boxes, scores, idxs)
+    extent = _check_inputs("batched_nms", boxes, scores, idxs)
     t = _check_float("batched_nms", "iou_threshold", iou_threshold)
-    return _ref.batched_nms(boxes, scores, idxs, t)
+    return _ref.batched_nms(boxes, scores, idxs, t, extent)
 
 
 def _check_soft(

@@ -126,10 +126,19 @@ def clustered(n: int, seed: int) -> tuple[Tensor, Tensor]:
 
 @pytest.fixture
 def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny blocks, chunks and tiles, so that small inputs exercise every loop of the reference."""
+    """Tiny blocks, chunks and tiles, so that small inputs exercise every loop of the blocked
+    path (which small inputs do not take by default)."""
+    monkeypatch.setattr(ref, "_SMALL", -1)
     monkeypatch.setattr(ref, "_BLOCK", 8)
     monkeypatch.setattr(ref, "_CHUNK", 4)
     monkeypatch.setattr(ref, "_TILE", 16)
+
+
+@pytest.fixture
+def blocked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every input takes the blocked path, whatever its size (see test_nms_small.py for the
+    small-input path)."""
+    monkeypatch.setattr(ref, "_SMALL", -1)
 
 
 def _check_nms(boxes: Tensor, scores: Tensor, t: float) -> None:
@@ -153,6 +162,7 @@ def test_nms_clustered_boxes(t: float) -> None:
     _check_nms(*clustered(400, 3), t)
 
 
+@pytest.mark.usefixtures("blocked")
 @pytest.mark.parametrize("t", THRESHOLDS)
 @pytest.mark.parametrize("n", [255, 256, 257, 511, 512, 513])
 def test_nms_block_boundaries(n: int, t: float) -> None:
@@ -277,6 +287,7 @@ def test_nms_ignores_autograd() -> None:
 def test_batched_nms_matches_per_category_oracle(
     t: float, dense: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(ref, "_SMALL", -1)  # the small-input path: test_nms_small.py
     if not dense:  # force the blocked path with small blocks and chunks
         monkeypatch.setattr(ref, "_DENSE", 0)
         monkeypatch.setattr(ref, "_BLOCK", 16)
@@ -288,6 +299,7 @@ def test_batched_nms_matches_per_category_oracle(
     )
 
 
+@pytest.mark.usefixtures("blocked")
 def test_batched_nms_single_category_equals_nms() -> None:
     boxes, scores = grid_boxes(600, 15, size=64.0)  # 600 > _BLOCK: the blocked path
     for t in THRESHOLDS:
@@ -380,6 +392,220 @@ def test_soft_nms_edge_cases() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The three paths of nms / batched_nms (all-pairs IoU and candidate windows for small CPU inputs,
+# blocked for the rest), each forced for every input size, and the dispatch between them
+
+
+@pytest.fixture(params=["dense", "window", "blocked"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make every input, whatever its size, take one path."""
+    if request.param == "blocked":
+        monkeypatch.setattr(ref, "_SMALL", -1)
+    else:
+        monkeypatch.setattr(ref, "_SMALL", 1 << 30)
+        monkeypatch.setattr(ref, "_DENSE_SMALL", 1 << 30 if request.param == "dense" else 0)
+    return str(request.param)
+
+
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths taken by the calls of a test, in order."""
+    calls: list[str] = []
+    for name, label in (("_dense_pairs", "dense"), ("_window_pairs", "window")):
+        fn = getattr(ref, name)
+        monkeypatch.setattr(ref, name, lambda *a, fn=fn, label=label: calls.append(label) or fn(*a))
+    greedy = ref._greedy
+    monkeypatch.setattr(ref, "_greedy", lambda *a: calls.append("blocked") or greedy(*a))
+    resolve = ref._resolve  # batched_nms's padded tile: the blocked path too
+    monkeypatch.setattr(ref, "_resolve", lambda *a: calls.append("blocked") or resolve(*a))
+    return calls
+
+
+def _check_batched(boxes: Tensor, scores: Tensor, idxs: Tensor, t: float) -> None:
+    got = batched_nms(boxes, scores, idxs, t)
+    assert got.dtype == torch.int64
+    assert got.tolist() == oracle_batched_nms(boxes, scores, idxs, t)
+
+
+@pytest.mark.parametrize("kind", ["grid", "clustered"])
+def test_paths_match_oracle(path: str, kind: str, taken: list[str]) -> None:
+    boxes, scores = grid_boxes(200, 30) if kind == "grid" else clustered(200, 30)
+    idxs = torch.randint(0, 5, (200,))
+    for t in THRESHOLDS:
+        _check_nms(boxes, scores, t)
+        _check_batched(boxes, scores, idxs, t)
+    assert set(taken) == {path}
+
+
+def test_paths_match_box_iou_greedy_bit_for_bit(path: str) -> None:
+    """Unquantised boxes: the decisions are exactly ``box_iou(...) > t`` in float32."""
+    boxes, scores = clustered(300, 31)
+    iou = box_iou(boxes, boxes)
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    for t in (0.1, 0.45, 0.6, 0.85):
+        over = (iou > t).tolist()
+        dead: set[int] = set()
+        keep = []
+        for i in order:
+            if i not in dead:
+                keep.append(i)
+                dead.update(j for j in order if over[i][j])
+        assert nms(boxes, scores, t).tolist() == keep
+
+
+def test_paths_score_ties(path: str) -> None:
+    boxes, _ = grid_boxes(150, 32, size=48.0)
+    scores = torch.randint(0, 3, (150,)).float() / 4  # three score levels: many ties
+    idxs = torch.randint(0, 3, (150,))
+    for t in THRESHOLDS:
+        _check_nms(boxes, scores, t)
+        _check_batched(boxes, scores, idxs, t)
+    same = torch.tensor([[0.0, 0, 10, 10]] * 4)
+    assert nms(same, torch.tensor([0.5, 0.5, 0.7, 0.5]), 0.5).tolist() == [2]
+    assert batched_nms(same, torch.full((4,), 0.5), torch.tensor([1, 0, 1, 0]), 0.5).tolist() == [
+        0,
+        1,
+    ]
+
+
+def test_paths_zero_area_boxes(path: str) -> None:
+    boxes = torch.tensor([[5.0, 5, 5, 9], [5, 5, 5, 9], [0, 3, 8, 3], [0, 0, 10, 10], [2, 2, 2, 2]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    for t in THRESHOLDS:  # zero-area boxes overlap nothing, not even each other
+        assert nms(boxes, scores, t).tolist() == [0, 1, 2, 3, 4]
+        assert batched_nms(boxes, scores, torch.zeros(5, dtype=torch.int64), t).tolist() == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]
+    degen, scores = grid_boxes(200, 33, size=64.0)
+    degen[::3, 2] = degen[::3, 0]  # a third of the boxes have zero width
+    degen[1::5, 3] = degen[1::5, 1]  # and some zero height
+    for t in (0.0, 0.3, 0.7):
+        _check_nms(degen, scores, t)
+
+
+def test_paths_exact_threshold(path: str) -> None:
+    """An IoU equal to the threshold never suppresses, on either side of a candidate window."""
+    boxes = torch.tensor(
+        [[0.0, 0, 12, 10], [4, 0, 16, 10], [0, 0, 12, 5], [0, 0, 10, 10], [5, 0, 15, 10]]
+    )
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    # IoU(0, 1) = 80 / 160 and IoU(0, 2) = 60 / 120 are exactly 0.5; IoU(3, 4) = 1/3
+    assert nms(boxes[:3], scores[:3], 0.5).tolist() == [0, 1, 2]
+    assert nms(boxes[:3], scores[:3], 0.4999).tolist() == [0]
+    assert nms(boxes[3:], scores[3:], 0.3).tolist() == [0]
+    assert nms(boxes[3:], scores[3:], 1 / 3 + 1e-6).tolist() == [0, 1]
+    for t in (0.25, 0.3, 0.5, 0.75):  # quarter-pixel boxes: many IoUs land exactly on t
+        _check_nms(*grid_boxes(200, 34, size=24.0), t)
+
+
+def test_paths_near_window_bound(path: str) -> None:
+    """Boxes near the bound ``x1 + (1 - t) w`` of a candidate window: inner boxes that share the
+    right edge of a 10 px box and start a few float steps either side of ``(1 - t) * 10``."""
+    outer = torch.tensor([[0.0, 0, 10, 10]])
+    for t in (0.3, 0.5, 0.7):
+        x = torch.tensor((1 - t) * 10, dtype=torch.float32)
+        starts = [x]
+        for _ in range(3):
+            starts = [torch.nextafter(starts[0], torch.tensor(-1.0)), *starts]
+            starts.append(torch.nextafter(starts[-1], torch.tensor(11.0)))
+        suppressed = []
+        for x1 in starts:
+            inner = torch.stack([x1, torch.tensor(0.0), torch.tensor(10.0), torch.tensor(10.0)])
+            boxes = torch.cat([outer, inner[None]])
+            over = bool(box_iou(outer, inner[None])[0, 0] > t)
+            assert nms(boxes, torch.tensor([0.9, 0.8]), t).tolist() == ([0] if over else [0, 1])
+            assert nms(boxes, torch.tensor([0.8, 0.9]), t).tolist() == ([1] if over else [1, 0])
+            suppressed.append(over)
+        assert any(suppressed) and not all(suppressed)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_paths_empty_and_tiny(path: str, n: int) -> None:
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11]])[:n]
+    scores = torch.tensor([0.3, 0.6])[:n]
+    for t in (0.5, 0.9):  # IoU of the two boxes: 81 / 119
+        got = nms(boxes, scores, t)
+        assert got.dtype == torch.int64 and got.tolist() == oracle_nms(boxes, scores, t)
+        for idxs in (torch.zeros(n, dtype=torch.int64), torch.arange(n)):
+            _check_batched(boxes, scores, idxs, t)
+    assert nms(boxes, scores, 0.5).tolist() == {0: [], 1: [0], 2: [1]}[n]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_paths_dtypes(path: str, dtype: torch.dtype) -> None:
+    boxes, scores = grid_boxes(150, 35, size=64.0)
+    if dtype == torch.bfloat16:
+        boxes = boxes.round()  # integers below 256 are exact in bfloat16
+    b, s = boxes.to(dtype), scores.to(dtype)
+    for t in (0.0, 0.3, 0.5, 0.7):
+        assert nms(b, s, t).tolist() == oracle_nms(b, s, t)
+    b64, s64 = clustered(150, 36)
+    assert nms(b64.double(), s64.double(), 0.5).tolist() == oracle_nms(b64, s64, 0.5)
+
+
+def test_paths_batched_categories(path: str) -> None:
+    boxes, scores = clustered(300, 37)
+    for idxs in (
+        torch.randint(0, 80, (300,)),  # many categories, most with a few boxes
+        torch.randint(0, 2, (300,), dtype=torch.int32) * 10**6 - 7,  # two, far-apart values
+        torch.arange(300),  # every box alone
+    ):
+        for t in (0.0, 0.5, 0.7):
+            _check_batched(boxes, scores, idxs, t)
+    far, scores = grid_boxes(200, 38, size=32.0)
+    far = far + 1e6  # quarter-pixel steps are still exact in float32 at 1e6
+    idxs = torch.tensor([0, 7, 30])[torch.randint(0, 3, (200,))]
+    for t in (0.3, 0.7):
+        _check_batched(far, scores, idxs, t)
+        _check_nms(far, scores, t)
+
+
+def test_dispatch_threshold_boundaries(taken: list[str]) -> None:
+    """Sizes on both sides of each threshold take the path they should, with the right result."""
+    assert 0 < ref._DENSE_SMALL < ref._SMALL
+    cases = [
+        (ref._DENSE_SMALL, "dense"),
+        (ref._DENSE_SMALL + 1, "window"),
+        (ref._SMALL, "window"),
+        (ref._SMALL + 1, "blocked"),
+    ]
+    for n, want in cases:
+        boxes, scores = grid_boxes(n, n, size=200.0)
+        idxs = torch.randint(0, 3, (n,))
+        taken.clear()
+        _check_nms(boxes, scores, 0.5)
+        assert set(taken) == {want}
+        taken.clear()
+        _check_batched(boxes, scores, idxs, 0.5)
+        assert set(taken) == {want}
+
+
+def test_dispatch_keeps_the_blocked_path_off_the_cpu(taken: list[str]) -> None:
+    """Only CPU inputs take the small-input paths (meta tensors stand in for a GPU here)."""
+    assert not ref._is_small(torch.zeros(10, 4, device="meta"))
+    assert ref._is_small(torch.zeros(ref._SMALL, 4))
+    assert not ref._is_small(torch.zeros(ref._SMALL + 1, 4))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [0.0, 0.5, 0.7])
+def test_cuda_matches_cpu_small_inputs(t: float) -> None:
+    """CUDA takes the blocked path; the CPU takes the small-input paths at these sizes."""
+    cuda = torch.device("cuda")
+    for n in (ref._DENSE_SMALL, ref._SMALL):
+        boxes, scores = clustered(n, 39)
+        idxs = torch.randint(0, 20, (n,))
+        got = nms(boxes.to(cuda), scores.to(cuda), t)
+        assert torch.equal(got.cpu(), nms(boxes, scores, t))
+        got = batched_nms(boxes.to(cuda), scores.to(cuda), idxs.to(cuda), t)
+        assert torch.equal(got.cpu(), batched_nms(boxes, scores, idxs, t))
+
+
+# ---------------------------------------------------------------------------------------------
 # Argument checks
 
 
@@ -409,6 +635,17 @@ _S = torch.tensor([0.5, 0.6])
 def test_nms_argument_errors(args: tuple[object, ...], error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         nms(*args)  # type: ignore[arg-type]
+
+
+def test_value_check_overflow_is_no_error(path: str) -> None:
+    """The values are checked through sums and extremes; a sum that overflows (float16 scores)
+    is re-checked entry by entry and passes."""
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]])
+    scores = torch.tensor([40000.0, 30000.0, 20000.0], dtype=torch.float16)  # sum > 65504
+    assert nms(boxes, scores, 0.5).tolist() == [0, 2]
+    assert batched_nms(boxes, scores, torch.zeros(3, dtype=torch.int64), 0.5).tolist() == [0, 2]
+    huge = torch.tensor([[-3e38, 0, 3e38, 1], [0, 0, 1, 1]])  # width overflows to inf
+    assert nms(huge, torch.tensor([0.5, 0.6]), 0.5).tolist() == [1, 0]
 
 
 def test_batched_and_soft_argument_errors() -> None:

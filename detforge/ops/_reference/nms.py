@@ -19,6 +19,22 @@ suppress each other; when every category is small, all categories are resolved a
 padded ``[K, S, S]`` tile instead. Overlap decisions are ``box_iou(a, b) > iou_threshold``
 computed with the same operations as ``detforge.structures.boxes.box_iou`` in the compute dtype
 (float32, or float64 for float64 boxes).
+
+Small CPU inputs (at most ``_SMALL`` boxes: per-class NMS at test time, per-level RPN NMS) take
+another path, ``_small_keep``. There a call costs what its number of operations costs, not their
+size: a tensor op costs a few microseconds however small its tensors, and ops over more than
+32768 elements start parallel regions that stall when another process holds a core. So the small
+path does its array work in NumPy (on the same memory; a call costs about a microsecond, never
+runs in parallel, and performs the same IEEE operations, so the decisions are identical):
+
+1. the overlapping pairs: every pair's IoU at once up to ``_DENSE_SMALL`` boxes
+   (``_dense_pairs``); beyond, only candidate pairs (``_window_pairs``): with the boxes sorted by
+   (category and) x1, a box can only overlap a later box by IoU > t if that box starts before
+   ``x1 + (1 - t) * w`` (see ``_reach``), so each box is paired with a run of the sorted boxes,
+   evaluated ``_PAIRS`` at a time;
+2. the greedy pass: each overlapping pair sets a bit in the row of its higher-scored box (the
+   boxes it suppresses if kept), and ``_bit_greedy`` walks the kept boxes in Python with integers
+   as bit sets, one step per kept box that overlaps a later one.
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,6 +52,9 @@ _BLOCK = 256  # boxes resolved together by the dense fixed point
 _CHUNK = 64  # remaining boxes per spatial chunk in the forward suppression
 _TILE = 1 << 15  # elements of a temporary pair tile (small tiles stay in cache and malloc's heap)
 _DENSE = 1 << 21  # batched NMS resolves all categories in one padded tile up to these pairs
+_SMALL = 1024  # CPU inputs of at most this many boxes take ``_small_keep``
+_DENSE_SMALL = 128  # ... and up to this many, the IoU of every pair (``_dense_pairs``)
+_PAIRS = 1 << 13  # candidate pairs evaluated at once by ``_window_pairs``
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -247,8 +267,194 @@ def _greedy(rows: Tensor, cls: Tensor | None, t: float) -> Tensor:
     return torch.cat(kept_parts) if kept_parts else alive.new_zeros(0, dtype=torch.int64)
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+def _bit_greedy(rows: bytes, todo: int, n: int, width: int) -> int:
+    """Greedy NMS over bit sets; bit ``k`` stands for the box at score position ``k``.
+
+    Args:
+        rows: ``n`` rows of ``width`` bytes, little-endian bit sets: row ``k`` holds the later
+            boxes that box ``k`` suppresses if it is kept.
+        todo: bit set of the boxes whose row is not empty.
+        n: number of boxes.
+        width: bytes per row.
+
+    Returns:
+        int: bit set of the kept boxes.
+    """
+    free = (1 << n) - 1  # boxes not suppressed (so far)
+    while todo:  # the first box left in todo is kept: every box before it is settled
+        low = todo & -todo
+        k = low.bit_length() - 1
+        free &= ~int.from_bytes(rows[k * width : (k + 1) * width], "little")
+        todo &= free
+        todo ^= low
+    return free
+
+
+def _iou_np(p: np.ndarray, area: np.ndarray, q: np.ndarray, area_q: np.ndarray) -> np.ndarray:
+    """IoU of broadcastable boxes, bit for bit ``_iou`` (in NumPy).
+
+    Args:
+        p (ndarray[4, ...]): rows x2, y2, -x1, -y1 of the first boxes.
+        area (ndarray[...]): their areas.
+        q (ndarray[4, ...]): rows of the second boxes.
+        area_q (ndarray[...]): their areas.
+
+    Returns:
+        ndarray[...]: the broadcast IoU.
+    """
+    z = np.minimum(p, q)  # min x2, min y2, -max x1, -max y1
+    iwh = np.add(z[:2], z[2:], out=z[:2])  # min x2 - max x1 (x + (-y) is x - y), ...
+    np.maximum(iwh, 0, out=iwh)
+    inter = np.multiply(iwh[0], iwh[1], out=iwh[0])
+    union = area + area_q
+    union -= inter
+    np.maximum(union, np.finfo(union.dtype).tiny, out=union)
+    return np.divide(inter, union, out=inter)
+
+
+def _corner_rows(b: np.ndarray) -> np.ndarray:
+    """Rows x2, y2, -x1, -y1 and area ``[5, N]`` of boxes ``[N, 4]``."""
+    p = np.empty((5, b.shape[0]), dtype=b.dtype)  # C order: the broadcasts below stay fast
+    p[:2] = b[:, 2:].T
+    np.negative(b[:, :2].T, out=p[2:4])
+    wh = p[:2] + p[2:4]  # bit for bit x2 - x1, y2 - y1
+    np.multiply(wh[0], wh[1], out=p[4])
+    return p
+
+
+def _dense_pairs(b: np.ndarray, cls: np.ndarray | None, t: float) -> np.ndarray:
+    """Which pairs overlap, from the IoU of every pair: few calls, N * N work.
+
+    Args:
+        b (ndarray[N, 4]): boxes by score, in the compute dtype.
+        cls (ndarray[N] | None): their categories, or ``None``.
+        t: IoU threshold (>= 0).
+
+    Returns:
+        ndarray[N, N] (bool): ``[i, j]`` is true iff ``i < j``, IoU > ``t`` and, if ``cls`` is
+        given, the categories are equal.
+    """
+    p = _corner_rows(b)
+    over = _iou_np(p[:4, :, None], p[4, :, None], p[:4, None, :], p[4]) > b.dtype.type(t)
+    pos = np.arange(b.shape[0])
+    over &= pos[:, None] < pos
+    if cls is not None:
+        over &= cls[:, None] == cls
+    return over
+
+
+def _window_pairs(
+    b: np.ndarray, cls: np.ndarray | None, t: float, extent: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which pairs overlap, from the IoU of candidate pairs only: more calls, less work.
+
+    A box can only overlap a box with a larger (or equal) x1 by IoU > t if that x1 is below
+    ``x1 + (1 - t) * w`` (see ``_reach``): with the boxes sorted by (category and) x1, the
+    candidates of a box are the boxes after it, up to that bound. The pairs are evaluated in
+    chunks of about ``_PAIRS``, so that the temporaries stay small (see ``_TILE``).
+
+    Args:
+        b (ndarray[N, 4]): boxes by score, in the compute dtype.
+        cls (ndarray[N] | None): their categories, or ``None``.
+        t: IoU threshold (>= 0).
+        extent: an upper bound of the absolute value of every coordinate.
+
+    Returns:
+        i, j (ndarray[E] int64): the score positions of the overlapping pairs, ``i < j``.
+    """
+    n = b.shape[0]
+    xo = np.argsort(b[:, 0], kind="stable")  # x1 order -> score position
+    xs = b[xo, 0]
+    scale, slack = _reach(t, extent, torch.float64 if b.dtype == np.float64 else torch.float32)
+    if cls is not None:
+        rank = np.argsort(cls[xo], kind="stable")  # (category, x1) order -> x1 order
+        xo = xo[rank]
+        c = cls[xo]
+        run = np.concatenate([[0], np.cumsum(c[1:] != c[:-1])])
+    bx = b[xo]  # [N, 4] in (category,) x1 order
+    p = _corner_rows(bx)
+    bound = (p[0] + p[2]) * b.dtype.type(scale * 0.5) + b.dtype.type(slack) + bx[:, 0]
+    hi = np.searchsorted(xs, bound)  # boxes (of any category) with x1 < bound
+    if cls is not None:  # ... of the same category: (category, x1 rank) as one sorted key
+        hi = np.searchsorted(run * n + rank, run * n + hi)
+    ar = np.arange(n)
+    count = hi - ar - 1  # candidates of the box at k: positions k + 1 .. hi[k] - 1
+    ends = np.concatenate([[0], count.cumsum()])  # pairs of boxes k0..k1-1: ends[k0]..ends[k1]
+    shift = ends[:-1] - ar - 1  # pair number - shift = position of the candidate
+    cuts = np.searchsorted(ends, np.arange(_PAIRS, ends[-1], _PAIRS), side="right") - 1
+    us, vs = [], []
+    for k0, k1 in zip([0, *cuts], [*cuts, n], strict=True):
+        m = count[k0:k1]
+        first = np.repeat(ar[k0:k1], m)
+        second = np.arange(ends[k0], ends[k1]) - np.repeat(shift[k0:k1], m)
+        pa, pb = p.take(first, axis=1), p.take(second, axis=1)
+        pairs = np.flatnonzero(_iou_np(pa[:4], pa[4], pb[:4], pb[4]) > b.dtype.type(t))
+        us.append(xo[first[pairs]])
+        vs.append(xo[second[pairs]])
+    u, v = np.concatenate(us), np.concatenate(vs)
+    return np.minimum(u, v), np.maximum(u, v)
+
+
+def _small_keep(
+    boxes: Tensor, order: Tensor, cls: Tensor | None, t: float, extent: float
+) -> Tensor:
+    """Greedy NMS of a small CPU input, with NumPy doing the work; see the module doc.
+
+    NumPy (on views of the tensors' memory) costs a fraction of a tensor op per call and never
+    starts a parallel region, which is what a small input needs; its float operations are the
+    same IEEE operations as ``_iou``'s, so the decisions are identical.
+
+    Args:
+        boxes (Tensor[N, 4]): xyxy on the CPU, in input order, N >= 1.
+        order (Tensor[N]): input indices by decreasing score.
+        cls (Tensor[N] | None): integer category of each box (input order), or ``None``.
+        t: IoU threshold (>= 0).
+        extent: an upper bound of the absolute value of every coordinate.
+
+    Returns:
+        Tensor[K] (int64): the kept indices, in the order of ``order``.
+    """
+    n = order.numel()
+    by_score = order.numpy()
+    b = boxes.detach()
+    b = b.to(_compute_dtype(b)).numpy()[by_score]  # [N, 4] by score, compute dtype
+    c = None if cls is None else cls.numpy()[by_score]
+    width = (n + 7) >> 3  # bytes per bit row
+    if n <= _DENSE_SMALL:
+        with np.errstate(all="ignore"):  # huge finite boxes: inf, NaN as in tensor ops
+            over = _dense_pairs(b, c, t)
+        rows = np.packbits(over, axis=1, bitorder="little").tobytes()
+        todo = over.any(axis=1)
+    else:
+        with np.errstate(all="ignore"):
+            i, j = _window_pairs(b, c, t, extent)
+        # row i gets bit j; the pairs are distinct, so a sum of bits is their OR
+        sums = np.bincount(i * width + (j >> 3), np.left_shift(1, j & 7), n * width)
+        rows = sums.astype(np.uint8).tobytes()
+        todo = np.zeros(n, dtype=bool)
+        todo[i] = True
+    todo_bits = int.from_bytes(np.packbits(todo, bitorder="little").tobytes(), "little")
+    kept = _bit_greedy(rows, todo_bits, n, width)
+    bits = np.unpackbits(
+        np.frombuffer(kept.to_bytes(width, "little"), np.uint8), count=n, bitorder="little"
+    )
+    return torch.from_numpy(by_score[bits.astype(bool)])
+
+
+def _is_small(boxes: Tensor) -> bool:
+    """Whether ``_small_keep`` handles these boxes: at most ``_SMALL`` of them, on the CPU."""
+    return boxes.shape[0] <= _SMALL and boxes.device.type == "cpu"
+
+
+def _extent(boxes: Tensor, extent: float | None) -> float:
+    """``extent`` if given, else the largest absolute coordinate."""
+    return float(boxes.detach().abs().amax()) if extent is None else extent
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, extent: float | None = None) -> Tensor:
     """Greedy NMS; arguments as ``detforge.ops.nms.nms`` (already validated).
+
+    ``extent``, if given, bounds the absolute value of every coordinate (saves a pass over them).
 
     Returns:
         Tensor[K] (int64): kept indices by decreasing score, ties by lower index.
@@ -256,16 +462,24 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     order = torch.argsort(scores.detach(), descending=True, stable=True)
     if order.numel() == 0 or iou_threshold < 0:  # IoU >= 0 > t: the top box suppresses all
         return order[:1]
+    if _is_small(boxes):
+        return _small_keep(boxes, order, None, iou_threshold, _extent(boxes, extent))
     return order[_greedy(_padded_rows(boxes, order), None, iou_threshold)]
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, extent: float | None = None
+) -> Tensor:
     """Per-category greedy NMS; arguments as ``detforge.ops.nms.batched_nms`` (validated).
+
+    ``extent`` as for :func:`nms`.
 
     Returns:
         Tensor[K] (int64): kept indices by decreasing score, ties by lower index.
     """
     by_score = torch.argsort(scores.detach(), descending=True, stable=True)
+    if by_score.numel() and iou_threshold >= 0 and _is_small(boxes):
+        return _small_keep(boxes, by_score, idxs, iou_threshold, _extent(boxes, extent))
     rank = torch.argsort(idxs[by_score], stable=True)  # position p -> rank by score
     order = by_score[rank]  # by (category, score, index)
     if order.numel() == 0:
