@@ -366,3 +366,63 @@ def test_resume_keeps_model_best_and_the_ema(data: dict[str, Path], tmp_path: Pa
     for k, v in ema.items():
         if v.is_floating_point():
             torch.testing.assert_close(ema_hook.ema.state[k], 0.5 * v + 0.5 * final[k])
+
+
+# --- faults: one line, nothing lost -----------------------------------------------------------
+
+
+def test_resume_with_another_model_is_one_line(
+    run_dir: Path, data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.pth")}
+    code = _train(data, out, "--resume", "--model", "retinanet_r18_fpn_tiny", "max_iter=6")
+    err = capsys.readouterr().err
+    assert code == 2 and "holds another model" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.glob("*.pth")} == before
+
+
+def test_a_diverged_run_ends_with_one_line(
+    data: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from detforge.modeling.detectors.generalized_rcnn import GeneralizedRCNN
+
+    real = GeneralizedRCNN.forward
+
+    def diverging(self, images, targets=None, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(self, images, targets, **kwargs)
+        if self.training:
+            out["loss_cls"] = out["loss_cls"] * float("nan")
+        return out
+
+    monkeypatch.setattr(GeneralizedRCNN, "forward", diverging)
+    assert _train(data, tmp_path / "run", "max_iter=3") == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_old_file(tmp_path: Path) -> None:
+    # A file-size limit (as a full disk would) while overwriting a checkpoint.
+    path = tmp_path / "model.pth"
+    save_checkpoint(path, {"w": torch.zeros(10)}, metadata={"v": "old"})
+    script = f"""
+import resource, signal, sys, torch
+from detforge.checkpoint.io import CheckpointWriteError, save_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+try:
+    save_checkpoint({str(path)!r}, {{"w": torch.zeros(1_000_000)}}, metadata={{"v": "new"}})
+except CheckpointWriteError as e:
+    print(e)
+    sys.exit(3)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    message = done.stdout.strip()
+    assert str(path) in message and "File too large" in message and len(message.splitlines()) == 1
+    assert load_checkpoint(path)["metadata"]["v"] == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]

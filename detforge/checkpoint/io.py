@@ -29,9 +29,11 @@ strings in the file's header metadata.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import os
+import shutil
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -44,7 +46,14 @@ from torch import Tensor, nn
 import detforge
 from detforge.checkpoint.pickle_safe import torch_load_safe
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "atomic_write", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointWriteError",
+    "atomic_write",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "detforge"
 FORMAT_VERSION = 1
@@ -157,6 +166,9 @@ def save_checkpoint(
 
     Raises:
         TypeError: when an entry cannot be stored; the message names its path.
+        CheckpointWriteError: the file could not be written (no space, file too large,
+            permissions): one line naming the file and the OS reason; an existing file at
+            ``path`` is unchanged and no partial file remains.
     """
     fn = "save_checkpoint"
     state = model.state_dict() if isinstance(model, nn.Module) else model
@@ -180,10 +192,40 @@ def save_checkpoint(
         "metadata": meta,
         "extra": extra_dict,
     }
-    if os.fspath(path).endswith(".safetensors"):
-        _save_safetensors(path, payload)
-    else:
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    try:
+        if os.fspath(path).endswith(".safetensors"):
+            _save_safetensors(path, payload)
+        else:
+            atomic_write(path, lambda tmp: _torch_save(payload, tmp))
+    except (OSError, RuntimeError) as e:
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {os.fspath(path)}: {_reason(e, path)}; the previous file "
+            "there (if any) is unchanged and no partial file is left"
+        ) from e
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, file too large, permissions, ...)."""
+
+
+def _torch_save(payload: dict[str, Any], tmp: str) -> None:
+    # Through a Python file object, so that the OS error (ENOSPC, EFBIG, EACCES) comes back as
+    # an OSError with its reason rather than a zip-writer message without one.
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+
+
+def _reason(error: BaseException, path: str | os.PathLike[str]) -> str:
+    """The OS reason of a failed write, in words."""
+    for e in (error, error.__cause__, error.__context__):
+        if isinstance(e, OSError) and e.errno is not None:
+            return f"{os.strerror(e.errno)} [{errno.errorcode.get(e.errno, e.errno)}]"
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder).free
+        if free < 64 * 2**20:
+            return f"{free / 2**20:.1f} MiB free on the disk of {folder}"
+    return " ".join(str(error).split())[:200]
 
 
 def _safetensors_module(fn: str) -> Any:

@@ -17,8 +17,10 @@ import sys
 from collections.abc import Sequence
 
 from detforge.cli import benchmark, browse, evaluate, predict, train
+from detforge.checkpoint.io import CheckpointWriteError
 from detforge.cli.datasets import CLIError
 from detforge.data.errors import DataError
+from detforge.engine.checkpointer import ResumeError
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -89,7 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(args_list)
         _setup_logging()
         return int(args.func(args))
-    except (CLIError, DataError, FileNotFoundError) as e:
+    except (
+        CLIError,
+        DataError,
+        FileNotFoundError,
+        CheckpointWriteError,
+        ResumeError,
+        FloatingPointError,  # a diverged run: the message says what happened and what is kept
+    ) as e:
         if show_traceback:
             raise
         message = " ".join(str(e).split())

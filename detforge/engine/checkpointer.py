@@ -227,8 +227,31 @@ class Checkpointer:
         )
 
     def restore(self, data: dict[str, Any], path: Path | str = "") -> int:
-        """Load a checkpoint's model and trainer state; returns the next iteration."""
-        unwrap_model(self.model).load_state_dict(data["model"])
+        """Load a checkpoint's model and trainer state; returns the next iteration.
+
+        Raises:
+            ResumeError: the checkpoint holds another model (names or shapes differ, e.g. a run
+                with another number of classes); nothing is loaded.
+        """
+        model = unwrap_model(self.model)
+        own = model.state_dict()
+        theirs = data["model"]
+        missing = sorted(set(own) - set(theirs))
+        unexpected = sorted(set(theirs) - set(own))
+        shapes = [k for k in own if k in theirs and own[k].shape != theirs[k].shape]
+        if missing or unexpected or shapes:
+            first = (
+                f"{shapes[0]} is {list(theirs[shapes[0]].shape)} there, "
+                f"{list(own[shapes[0]].shape)} in this model"
+                if shapes
+                else f"{len(missing)} missing, {len(unexpected)} unexpected tensors"
+            )
+            raise ResumeError(
+                f"cannot resume from {path}: it holds another model ({first}); did the data's "
+                "classes or the model change? Start a new run with another --output, or "
+                "fine-tune from it with --weights"
+            )
+        model.load_state_dict(theirs)
         state = data["extra"].get("trainer", {})
         if self.trainer is not None and state:
             self.trainer.load_state_dict(state)
