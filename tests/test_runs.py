@@ -3,6 +3,7 @@ checkpoint format, and the library stands without the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -426,3 +427,54 @@ except CheckpointWriteError as e:
     assert str(path) in message and "File too large" in message and len(message.splitlines()) == 1
     assert load_checkpoint(path)["metadata"]["v"] == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
+def test_workers_exit_when_their_launcher_is_killed(data: dict[str, Path], tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    args = ["--coco-json", str(data["train_json"]), "--image-root", str(data["train_images"])]
+    command = [sys.executable, "-m", "detforge.cli", "train", *args, "--output",
+               str(tmp_path / "run"), *RESIZE, "--num-processes", "2", "max_iter=100000",
+               *FAST[1:], "num_workers=0", "batch_size=2"]  # fmt: skip
+    launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (tmp_path / "run" / "config.yaml").exists():
+            time.sleep(0.5)  # the workers are training once the run folder is written
+        workers = [p for p in _children(launcher.pid) if _alive(p)]
+        assert len(workers) >= 2, "the workers did not start"
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers)
+    finally:
+        launcher.kill()
+        for p in _children(launcher.pid):
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)

@@ -50,6 +50,7 @@ import logging
 import os
 import pickle
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -198,6 +199,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process exit when its parent (the launcher) dies, even by ``kill -9``.
+
+    On Linux the kernel sends ``SIGTERM`` on the parent's death (``PR_SET_PDEATHSIG``); if the
+    parent is already gone when this runs, the process exits at once. ``torch.multiprocessing``
+    sets ``SIGINT`` there, which Python only handles between bytecodes, so a worker blocked in a
+    long collective or kernel would outlive its launcher; ``SIGTERM`` is not deferred.
+    Elsewhere: a no-op (the launcher's own cleanup and the process-group timeout remain).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the launcher died before the line above
+        os._exit(1)
+
+
 def _worker(
     local_rank: int,
     main_fn: Callable[..., Any],
@@ -205,8 +229,10 @@ def _worker(
     info: DistributedInfo,
     timeout_s: float,
     result_dir: str,
+    parent_pid: int,
 ) -> None:
     """Body of each spawned process: join the group, run ``main_fn``, save its return value."""
+    die_with_parent(parent_pid)
     info = dataclasses.replace(info, rank=local_rank, local_rank=local_rank)
     os.environ.update(
         RANK=str(info.rank),
@@ -318,7 +344,7 @@ def _spawn(
         try:
             mp.spawn(
                 _worker,
-                args=(main_fn, args, info, timeout_s, tmp),
+                args=(main_fn, args, info, timeout_s, tmp, os.getpid()),
                 nprocs=num_processes,
                 join=True,
             )
