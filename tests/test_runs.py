@@ -478,3 +478,33 @@ def test_workers_exit_when_their_launcher_is_killed(data: dict[str, Path], tmp_p
         for p in _children(launcher.pid):
             with contextlib.suppress(OSError):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_sigterm_stops_a_run_with_a_checkpoint_and_it_resumes(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = ["--coco-json", str(data["train_json"]), "--image-root", str(data["train_images"])]
+    command = [sys.executable, "-m", "detforge.cli", "train", *args, "--output", str(out),
+               *RESIZE, "max_iter=100000", *FAST[:-1], "checkpoint_period=100000"]  # fmt: skip
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        metrics = out / "metrics.json"
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text()):
+            time.sleep(0.2)  # a first iteration is done
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 143, err
+    line = err.strip().splitlines()[-1]
+    assert "stopped by SIGTERM" in line and "--resume" in line
+    saved = sorted(out.glob("model_*.pth"))
+    assert len(saved) == 1 and str(saved[0]) in line
+    done = _iteration(saved[0])
+    assert _train(data, out, "--resume", f"max_iter={done + 2}") == 0
+    assert _iteration(out / "model_final.pth") == done + 1

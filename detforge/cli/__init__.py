@@ -16,8 +16,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from detforge.cli import benchmark, browse, evaluate, predict, train
 from detforge.checkpoint.io import CheckpointWriteError
+from detforge.cli import benchmark, browse, evaluate, predict, train
 from detforge.cli.datasets import CLIError
 from detforge.data.errors import DataError
 from detforge.engine.checkpointer import ResumeError

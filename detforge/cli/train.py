@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +66,7 @@ from detforge.cli.run_setup import (
 from detforge.data.augmentation import RandomFlip, ResizeShortestEdge
 from detforge.data.mapper import DatasetMapper
 from detforge.engine.checkpointer import Checkpointer, ResumeError, clear_run, run_files
+from detforge.engine.hooks import TrainingStopped
 from detforge.engine.recipe import seed_everything, train_detector
 from detforge.engine.run_spec import DEFAULT_MODEL, RunSpec, resolve_run
 from detforge.inference import has_mask_head, test_mapper
@@ -171,9 +173,10 @@ def run(args: argparse.Namespace) -> int:
 
     Under ``torchrun`` or ``srun`` (their environment variables are found) this process joins
     the job's process group; with ``--num-processes N`` it starts ``N`` processes on this
-    machine itself. Either way every process runs the same training, through DDP.
+    machine itself. Either way every process runs the same training, through DDP. SIGINT or
+    SIGTERM stops it after the current iteration with a checkpoint (exit status 130 / 143).
     """
-    run_distributed(
+    main, code = run_distributed(
         _run,
         args,
         num_processes=args.num_processes,
@@ -181,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.dist_timeout,
         what="training",
     )
-    return 0
+    return int(code or 0) if main else 0
 
 
 def _resolve(args: argparse.Namespace) -> tuple[RunSpec, Path, DictConfig | None, Any]:
@@ -289,6 +292,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ResumeError as e:  # a resume that cannot go on says why
         raise CLIError(str(e).splitlines()[0]) from e
+    except TrainingStopped as e:
+        if is_main_process():
+            sys.stderr.write(f"detforge train: {e}\n")
+        return 130 if e.signal_name == "SIGINT" else 143
     return 0
 
 

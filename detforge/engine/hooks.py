@@ -7,6 +7,8 @@ import datetime
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,10 +20,12 @@ from torch import nn
 
 from detforge.engine.checkpointer import Checkpointer, unwrap_model
 from detforge.engine.train_loop import HookBase
-from detforge.utils.comm import all_gather, is_main_process
+from detforge.utils.comm import all_gather, get_world_size, is_main_process
 
 __all__ = [
     "EMAHook",
+    "StopOnSignal",
+    "TrainingStopped",
     "EvalHook",
     "MetricsWriter",
     "ModelEMA",
@@ -252,3 +256,75 @@ class EvalHook(HookBase):
                 self._evaluate()
             finally:
                 t.iter += 1
+
+
+class TrainingStopped(Exception):
+    """A run stopped by SIGINT/SIGTERM after saving a checkpoint (the message says how to go on).
+
+    Attributes:
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+        iteration: the last completed iteration.
+        path: the checkpoint written for it.
+    """
+
+    def __init__(self, signal_name: str, iteration: int, path: Path | None) -> None:
+        self.signal_name, self.iteration, self.path = signal_name, iteration, path
+        where = f"; saved {path}" if path is not None else ""
+        super().__init__(
+            f"stopped by {signal_name} after iteration {iteration + 1}{where}. Continue with "
+            "`--resume` (same --output); nothing was lost"
+        )
+
+
+class StopOnSignal(HookBase):
+    """Stop cleanly on SIGINT or SIGTERM: finish the current iteration, save a checkpoint and
+    raise :class:`TrainingStopped`. A second signal stops at once (``KeyboardInterrupt``).
+
+    Handlers are installed only from the main thread, for the duration of training. Under
+    ``torch.distributed`` the processes agree on the iteration to stop at (a flag all-reduce
+    per step), so every rank saves the same checkpoint.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        self.checkpointer = checkpointer
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested is not None:  # a second signal: stop now
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        logger.warning("%s: stopping after this iteration (again to stop at once)", self.requested)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def before_train(self) -> None:
+        """Install the handlers (main thread only)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def after_step(self) -> None:
+        """Save and stop when a signal came (on any process)."""
+        stop = self.requested is not None
+        if get_world_size() > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.trainer.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item() > 0)
+        if not stop:
+            return
+        t = self.trainer
+        path = self.checkpointer.save(f"model_{t.iter:07d}")
+        raise TrainingStopped(self.requested or "a signal on another process", t.iter, path)
+
+    def after_train(self) -> None:
+        """Put the previous handlers back."""
+        self._restore()

@@ -31,6 +31,7 @@ from detforge.engine.hooks import (
     ModelEMA,
     PeriodicCheckpointer,
     ProgressLogger,
+    StopOnSignal,
 )
 from detforge.engine.train_loop import HookBase, Trainer
 from detforge.evaluation.coco_eval import COCOEvaluator
@@ -379,6 +380,7 @@ def train_detector(
             )
     writer = MetricsWriter(out, period=s.log_period)
     hooks: list[HookBase] = [PeriodicCheckpointer(checkpointer, s.checkpoint_period), writer]
+    hooks.append(StopOnSignal(checkpointer))  # after the metrics of the step are written
     saved = found[1]["extra"] if found is not None else {}
     if s.ema_decay is not None:
         ema = ModelEMA(model, s.ema_decay)
