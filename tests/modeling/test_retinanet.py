@@ -11,10 +11,11 @@ from torch import Tensor, nn
 
 from detforge.modeling.anchors import AnchorGenerator
 from detforge.modeling.box_coder import BoxCoder
+from detforge.modeling.dense_heads.dense_anchors import permute_to_n_hwa_k
 from detforge.modeling.dense_heads.retina_head import RetinaNetHead
-from detforge.modeling.detectors.retinanet import RetinaNet, _to_n_hwa_k
+from detforge.modeling.detectors.detector_io import detector_postprocess as rescale_detections
+from detforge.modeling.detectors.retinanet import RetinaNet
 from detforge.modeling.matcher import Matcher
-from detforge.modeling.postprocess import detector_postprocess as rescale_detections
 from detforge.structures.instances import Instances
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
@@ -149,7 +150,7 @@ def test_head_rejects_bad_features():
 def test_permute_matches_anchor_order():
     b, a, k, h, w = 2, 3, 4, 5, 6
     x = torch.randn(b, a * k, h, w)
-    out = _to_n_hwa_k(x, k)
+    out = permute_to_n_hwa_k(x, k)
     assert out.shape == (b, h * w * a, k)
     for n, y, xx, aa, kk in [(0, 0, 0, 0, 0), (1, 4, 5, 2, 3), (0, 2, 3, 1, 2), (1, 1, 0, 2, 0)]:
         assert out[n, (y * w + xx) * a + aa, kk] == x[n, aa * k + kk, y, xx]
@@ -228,7 +229,7 @@ def test_anchor_labels_by_hand():
     # Ground truth [8, 8, 24, 38] (class 2): anchor 5 = [8, 8, 24, 24] has IoU 256/480 = 0.53
     # (foreground), anchor 9 = [8, 24, 24, 40] has IoU 224/512 = 0.44 (ignored), the others 0.
     gt = Instances((64, 64), boxes=torch.tensor([[8.0, 8, 24, 38]]), labels=torch.tensor([2]))
-    labels, matched = model.label_anchors(anchors, [gt])
+    labels, matched = model.outputs.label_anchors(anchors, [gt])
     expected = torch.full((16,), 3)
     expected[5], expected[9] = 2, -1
     assert torch.equal(labels[0], expected)
@@ -242,10 +243,10 @@ def test_zero_size_ground_truth_is_ignored():
     anchors = model.anchor_generator.grid_anchors([(4, 4)])[0]
     boxes = torch.tensor([[10.0, 10, 10, 30], [8, 8, 24, 38]])
     gt = Instances((64, 64), boxes=boxes, labels=torch.tensor([0, 2]))
-    labels, matched = model.label_anchors(anchors, [gt])
+    labels, matched = model.outputs.label_anchors(anchors, [gt])
     assert (labels[0] == 0).sum() == 0 and labels[0][5] == 2
     only_degenerate = gt[[0]]
-    labels, _ = model.label_anchors(anchors, [only_degenerate])
+    labels, _ = model.outputs.label_anchors(anchors, [only_degenerate])
     assert torch.equal(labels[0], torch.full((16,), 3))
 
 
@@ -455,3 +456,17 @@ def test_stable_topk_subset_matches_a_full_stable_sort(k):
     got = stable_topk_subset(indices, scores, k)
     ref = indices[scores.sort(descending=True, stable=True).indices[:k]]
     assert torch.equal(got, ref.sort().values)
+
+
+def test_settings_on_the_model_reach_its_outputs():
+    model = _model()
+    model.test_score_thresh = 0.3
+    model.loss_normalizer, model.loss_normalizer_momentum = 7.0, 0.5
+    out = model.outputs
+    assert out.test_score_thresh == 0.3 and out.loss_normalizer == 7.0
+    assert out.loss_normalizer_momentum == 0.5
+    out.loss_normalizer = 9.0
+    assert model.loss_normalizer == 9.0
+    # The statistics are the detector's own non-persistent buffers, as before the split.
+    assert [n for n, _ in model.named_buffers()][:2] == ["pixel_mean", "pixel_std"]
+    assert not [k for k in model.state_dict() if not k.startswith(("backbone.", "head."))]

@@ -126,6 +126,19 @@ def test_channels_last_gives_the_same_detections(name):
         assert torch.equal(a.labels, b.labels)
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_pixel_statistics_are_non_persistent_buffers_of_the_detector(name):
+    # Checkpoints and converters depend on the state dict: the statistics stay out of it, and
+    # the buffers keep their names (the model's own `pixel_mean`/`pixel_std`).
+    model = build_model(name, num_classes=3)
+    buffers = dict(model.named_buffers())
+    assert buffers["pixel_mean"].shape == buffers["pixel_std"].shape == (3, 1, 1)
+    assert not [k for k in model.state_dict() if "pixel" in k]
+    assert all(
+        k.startswith(("backbone.", "rpn.", "roi_heads.", "head.")) for k in model.state_dict()
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", TINY)
 def test_cuda_train_step_and_detections_match_cpu(name):

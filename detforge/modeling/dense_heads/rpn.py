@@ -16,11 +16,15 @@ from torch import Tensor, nn
 
 from detforge.modeling.anchors import AnchorGenerator
 from detforge.modeling.box_coder import BoxCoder
+from detforge.modeling.dense_heads.dense_anchors import (
+    dense_box_regression_loss,
+    match_anchors,
+    permute_to_n_hwa_k,
+)
 from detforge.modeling.matcher import Matcher
 from detforge.modeling.sampling import subsample_labels
-from detforge.ops.losses import giou_loss, smooth_l1_loss
 from detforge.ops.nms import batched_nms
-from detforge.structures.boxes import box_iou, clip_boxes, nonempty_boxes
+from detforge.structures.boxes import clip_boxes, nonempty_boxes
 from detforge.structures.instances import Instances
 
 __all__ = ["RPN", "RPNHead", "find_top_proposals"]
@@ -204,15 +208,9 @@ class RPN(nn.Module):
         feats = [features[f] for f in self.in_features]
         anchors = self.anchor_generator(feats)  # list of [N_l, 4]
         logits, deltas = self.head(feats)
-        num_images = feats[0].shape[0]
-        # [B, A, H, W] -> [B, H*W*A]; [B, A*4, H, W] -> [B, H*W*A, 4] (location-major, then anchor)
-        logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]
-        deltas = [
-            x.view(num_images, -1, 4, x.shape[-2], x.shape[-1])
-            .permute(0, 3, 4, 1, 2)
-            .flatten(1, -2)
-            for x in deltas
-        ]
+        # [B, A, H, W] -> [B, H*W*A]; [B, A*4, H, W] -> [B, H*W*A, 4] (the anchor order)
+        logits = [permute_to_n_hwa_k(x, 1).squeeze(-1) for x in logits]
+        deltas = [permute_to_n_hwa_k(x, 4) for x in deltas]
         losses: dict[str, Tensor] = {}
         if self.training:
             if targets is None:
@@ -257,18 +255,14 @@ class RPN(nn.Module):
         """
         labels, matched = [], []
         for t in targets:
-            quality = box_iou(t.boxes.to(anchors.dtype), anchors)  # [G, N]
-            idx, lab = self.anchor_matcher(quality)
+            _, lab, boxes = match_anchors(anchors, t.boxes, self.anchor_matcher)
             lab = lab.to(torch.int64)
             pos, neg = subsample_labels(lab, self.batch_size_per_image, self.positive_fraction, 0)
             lab = torch.full_like(lab, -1)
             lab[pos] = 1
             lab[neg] = 0
             labels.append(lab)
-            if len(t.boxes) == 0:
-                matched.append(torch.zeros_like(anchors))
-            else:
-                matched.append(t.boxes.to(anchors.dtype)[idx])
+            matched.append(boxes)
         return labels, matched
 
     def losses(
@@ -282,23 +276,16 @@ class RPN(nn.Module):
         """Objectness (binary cross-entropy) and box regression losses, both summed over the
         sampled anchors and divided by ``batch_size_per_image * B``."""
         gt_labels = torch.stack(list(labels))  # [B, N]
-        pos = gt_labels == 1
         valid = gt_labels >= 0
-        pred_deltas = torch.cat(list(deltas), dim=1)  # [B, N, 4]
-        all_anchors = torch.cat(list(anchors))  # [N, 4]
-        if self.box_reg_loss_type == "smooth_l1":
-            gt_deltas = torch.stack([self.box_coder.encode(all_anchors, m) for m in matched_boxes])
-            loss_box = smooth_l1_loss(
-                pred_deltas[pos], gt_deltas[pos], beta=self.smooth_l1_beta, reduction="sum"
-            )
-        else:
-            b = pred_deltas.shape[0]
-            pred_boxes = self.box_coder.decode(
-                pred_deltas.reshape(-1, 4), all_anchors.repeat(b, 1)
-            ).view(b, -1, 4)
-            loss_box = giou_loss(
-                pred_boxes[pos], torch.stack(list(matched_boxes))[pos], reduction="sum"
-            )
+        loss_box = dense_box_regression_loss(
+            torch.cat(list(anchors)),  # [N, 4]
+            torch.cat(list(deltas), dim=1),  # [B, N, 4]
+            torch.stack(list(matched_boxes)),  # [B, N, 4]
+            gt_labels == 1,
+            box_coder=self.box_coder,
+            loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        )
         pred_logits = torch.cat(list(logits), dim=1)  # [B, N]
         loss_cls = F.binary_cross_entropy_with_logits(
             pred_logits[valid], gt_labels[valid].to(pred_logits.dtype), reduction="sum"

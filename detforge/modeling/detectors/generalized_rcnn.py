@@ -5,24 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from detforge.modeling.dense_heads.rpn import RPN
-from detforge.modeling.postprocess import (
-    check_original_sizes,
-    check_targets,
-    detector_postprocess,
-    preprocess_images,
-)
+from detforge.modeling.detectors.detector_io import DetectorIO
 from detforge.structures.instances import Instances
 
 __all__ = ["GeneralizedRCNN"]
 
-_FN = "GeneralizedRCNN"
 
-
-class GeneralizedRCNN(nn.Module):
+class GeneralizedRCNN(DetectorIO):
     """Faster / Mask R-CNN: a backbone (with FPN), a region proposal network and RoI heads.
 
     Args:
@@ -36,8 +28,8 @@ class GeneralizedRCNN(nn.Module):
         pixel_std: per-channel std.
         input_format: channel order the images come in (and the weights expect).
         size_divisibility: images are padded to a multiple of it (the largest stride, 32).
-        channels_last: run the network on a channels-last (NHWC) batch, faster on CPU and GPU
-            (see ``preprocess_images``); results are the same up to float rounding.
+        channels_last: run the network on a channels-last (NHWC) batch, faster on CPU and GPU;
+            results are the same up to float rounding.
         mask_threshold: threshold of the masks pasted into the original images.
 
     Inputs and outputs (the detector contract of STYLE.md section 5):
@@ -47,10 +39,9 @@ class GeneralizedRCNN(nn.Module):
         mode a list of ``Instances`` with ``boxes``, ``scores``, ``labels`` (and ``masks``:
         bool ``[N, H, W]``), in the coordinates of ``original_sizes`` when given (the sizes
         of the images before the data pipeline resized them), else of the input images.
+        Inputs are checked, normalised and padded, and results mapped back, by
+        :class:`~detforge.modeling.detectors.detector_io.DetectorIO`.
     """
-
-    pixel_mean: Tensor
-    pixel_std: Tensor
 
     def __init__(
         self,
@@ -66,20 +57,17 @@ class GeneralizedRCNN(nn.Module):
         channels_last: bool = True,
         mask_threshold: float = 0.5,
     ) -> None:
-        super().__init__()
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError("GeneralizedRCNN: `pixel_mean` and `pixel_std` differ in length")
-        if input_format not in ("BGR", "RGB"):
-            raise ValueError(f"GeneralizedRCNN: unknown input_format {input_format!r}")
+        super().__init__(
+            num_classes=num_classes,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            input_format=input_format,
+            size_divisibility=size_divisibility,
+            channels_last=channels_last,
+        )
         self.backbone = backbone
-        self.num_classes = num_classes
         self.rpn = rpn
         self.roi_heads = roi_heads
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.input_format = input_format
-        self.size_divisibility = size_divisibility
-        self.channels_last = channels_last
         self.mask_threshold = mask_threshold
 
     def forward(
@@ -90,28 +78,10 @@ class GeneralizedRCNN(nn.Module):
         original_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Tensor] | list[Instances]:
         """Losses in training mode, detections in eval mode (see the class docstring)."""
-        batch = preprocess_images(
-            images,
-            self.pixel_mean,
-            self.pixel_std,
-            size_divisibility=self.size_divisibility,
-            owner=_FN,
-            channels_last=self.channels_last,
-        )
-        if self.training:
-            checked = check_targets(
-                targets, batch.image_sizes, num_classes=self.num_classes, owner=_FN
-            )
-            targets = [t.to(batch.tensor.device) for t in checked]
+        batch, gt, output_sizes = self.prepare_inputs(images, targets, original_sizes)
         features = self.backbone(batch.tensor)
-        proposals, rpn_losses = self.rpn(batch.image_sizes, features, targets)
-        results, head_losses = self.roi_heads(batch.image_sizes, features, proposals, targets)
+        proposals, rpn_losses = self.rpn(batch.image_sizes, features, gt)
+        results, head_losses = self.roi_heads(batch.image_sizes, features, proposals, gt)
         if self.training:
             return {**rpn_losses, **head_losses}
-        sizes = batch.image_sizes
-        if original_sizes is not None:
-            sizes = check_original_sizes(original_sizes, len(results), owner=_FN)
-        return [
-            detector_postprocess(r, (int(h), int(w)), mask_threshold=self.mask_threshold)
-            for r, (h, w) in zip(results, sizes, strict=True)
-        ]
+        return self.postprocess(results, output_sizes, mask_threshold=self.mask_threshold)
