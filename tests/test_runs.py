@@ -508,3 +508,28 @@ def test_sigterm_stops_a_run_with_a_checkpoint_and_it_resumes(
     done = _iteration(saved[0])
     assert _train(data, out, "--resume", f"max_iter={done + 2}") == 0
     assert _iteration(out / "model_final.pth") == done + 1
+
+
+def test_predict_and_eval_skip_unreadable_images_and_go_on(
+    run_dir: Path, data: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(data["val_images"], images)
+    names = sorted(p.name for p in images.iterdir())
+    (images / names[0]).write_bytes(b"not a jpeg")  # one corrupt image
+    weights = str(run_dir / "model_final.pth")
+    out = tmp_path / "pred"
+    args = ["--input", str(images), "--output", str(out), "--score-threshold", "0"]
+    assert main(["predict", "--weights", weights, *args]) == 0
+    preds = json.loads((out / "predictions.json").read_text())
+    assert [Path(p["file"]).name for p in preds] == names[1:]
+    assert "1 inputs could not be read" in caplog.text and names[0] in caplog.text
+    coco = ["--coco-json", str(data["val_json"]), "--image-root", str(images)]
+    assert main(["eval", "--weights", weights, *coco]) == 0
+    assert "1 images could not be read" in caplog.text
+    for name in names[1:]:
+        (images / name).write_bytes(b"broken too")
+    assert main(["predict", "--weights", weights, *args]) == 2  # nothing could be processed
+    assert main(["eval", "--weights", weights, *coco]) == 2
+    browse = ["browse", *coco, "--output", str(tmp_path / "browse")]
+    assert main(browse) == 2

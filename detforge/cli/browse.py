@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     logger.info(
         "browse: drew %d of %d images into %s", len(written), len(data.records), args.output
     )
+    if not written:
+        raise CLIError(f"browse: no image could be drawn (of {len(data.records)}); see above")
     return 0
 
 

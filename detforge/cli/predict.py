@@ -104,24 +104,36 @@ def _input_files(path: Path) -> list[Path]:
 
 
 def _images(
-    files: list[Path], frame_step: int = 1
+    files: list[Path], frame_step: int, failed: list[str]
 ) -> Iterator[tuple[dict[str, Any], str, np.ndarray]]:
-    """``(json entry head, output file name, RGB image)`` for every image or kept video frame."""
+    """``(json entry head, output file name, RGB image)`` for every image or kept video frame.
+
+    An image or video that cannot be read is logged, appended to ``failed`` and skipped.
+    """
     for file in files:
         if file.suffix.lower() in VIDEO_EXTENSIONS:
             count = 0
-            for i, frame in enumerate(_video_frames(file)):
-                count += 1
-                if i % frame_step == 0:
-                    yield {"file": str(file), "frame": i}, f"{file.stem}_{i:06d}.jpg", frame
+            try:
+                for i, frame in enumerate(_video_frames(file)):
+                    count += 1
+                    if i % frame_step == 0:
+                        yield {"file": str(file), "frame": i}, f"{file.stem}_{i:06d}.jpg", frame
+            except CLIError as e:
+                logger.warning("skipping the rest of %s: %s", file, e)
+                failed.append(f"{file}: {e}")
+                continue
             if count == 0:
-                raise CLIError(f"--input {file}: the video has no frames")
+                logger.warning("skipping %s: the video has no frames", file)
+                failed.append(f"{file}: the video has no frames")
+                continue
             logger.info("%s: %d frames, every %d-th run", file, count, frame_step)
             continue
         try:
             image = read_image(str(file))
         except (OSError, DataError) as e:
-            raise CLIError(f"--input {file}: cannot read the image: {e}") from e
+            logger.warning("skipping %s: cannot read the image: %s", file, e)
+            failed.append(f"{file}: {e}")
+            continue
         yield {"file": str(file)}, file.name, image
 
 
@@ -151,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for head, name, image in _images(files, args.frame_step):
+    failed: list[str] = []
+    for head, name, image in _images(files, args.frame_step, failed):
         det = predict_image(model, image, spec)
         if det.scores is not None:
             det = det[det.scores >= args.score_threshold]
@@ -168,6 +181,12 @@ def run(args: argparse.Namespace) -> int:
         results.append(_entry(head, det, spec.class_names))
     (out / "predictions.json").write_text(json.dumps(results))
     logger.info("predict: %d images, drawings and predictions.json in %s", len(results), out)
+    if failed:
+        logger.warning("predict: %d inputs could not be read and were skipped:", len(failed))
+        for line in failed:
+            logger.warning("  %s", line)
+    if not results:
+        raise CLIError(f"--input {args.input}: no image could be read ({failed[0]})")
     return 0
 
 

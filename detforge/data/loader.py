@@ -179,8 +179,13 @@ def build_test_loader(
     batch_size: int = 1,
     num_workers: int = 0,
 ) -> DataLoader:
-    """An ordered loader over this process's shard of ``records`` (every record once)."""
-    dataset = MapDataset(_compact(records), mapper, strict=True)
+    """An ordered loader over this process's shard of ``records`` (every record once).
+
+    A record whose image cannot be read or mapped becomes ``{"skipped": [{"file_name",
+    "error"}], "image_id", "file_name"}`` (no ``image``) instead of stopping the loop;
+    :func:`detforge.evaluation.evaluator.inference_on_dataset` counts and reports those.
+    """
+    dataset = _SkipBad(MapDataset(_compact(records), mapper, strict=True))
     sampler = InferenceSampler(len(records))
     return DataLoader(
         dataset,
@@ -190,6 +195,27 @@ def build_test_loader(
         collate_fn=trivial_batch_collator,
         generator=torch.Generator().manual_seed(0),
     )
+
+
+class _SkipBad(Dataset):
+    """A strict :class:`MapDataset` whose bad samples become ``skipped`` markers (inference:
+    every record is seen once, none is replaced by another)."""
+
+    def __init__(self, dataset: MapDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self.dataset[index]
+        except _bad_data_errors() as e:
+            record = self.dataset.records[index]
+            where = str(record.get("file_name", f"record {index}"))
+            logger.warning("cannot read %s, skipping it: %s", where, e)
+            error = {"file_name": where, "error": f"{type(e).__name__}: {e}"}
+            return {"skipped": [error], "image_id": record.get("image_id"), "file_name": where}
 
 
 def _compact(records: RecordSource) -> RecordSource:

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from detforge.data.errors import DataError
 from detforge.structures.instances import Instances
 from detforge.utils import comm
 
@@ -150,6 +151,8 @@ def inference_on_dataset(
 
     Returns:
         The evaluator's metrics, plus a ``"timing"`` group on rank 0: ``num_images``,
+        ``skipped_images`` (images that could not be read: logged, skipped, and so scored as
+        images without detections; when no image at all can be read, a ``DataError``),
         ``total_s`` (the whole loop), ``s_per_image`` (whole loop per image, after warm-up)
         and ``compute_s_per_image`` (model calls only, after warm-up). Under
         ``torch.distributed``: images over all processes, the slowest process's loop, and
@@ -182,10 +185,16 @@ def inference_on_dataset(
         n = len(shards)
         timing = {
             "num_images": sum(t["num_images"] for t in shards),
+            "skipped_images": sum(t["skipped_images"] for t in shards),
             "total_s": max(t["total_s"] for t in shards),
             "s_per_image": sum(t["s_per_image"] for t in shards) / n,
             "compute_s_per_image": sum(t["compute_s_per_image"] for t in shards) / n,
         }
+    if timing["num_images"] == 0 and timing["skipped_images"] > 0:
+        raise DataError(
+            f"no image could be read ({int(timing['skipped_images'])} tried; see the warnings)",
+            kind="unreadable_image",
+        )
     results = evaluator.evaluate()
     if comm.is_main_process():
         results = {**results, "timing": timing}
@@ -204,7 +213,12 @@ def _run_loop(
     start = last_log = timed_start = time.perf_counter()
     compute_all = compute_timed = 0.0
     num_images = timed_images = 0
-    for idx, inputs in enumerate(data_loader):
+    skipped: list[dict[str, str]] = []
+    for idx, batch in enumerate(data_loader):
+        inputs = [x for x in batch if "image" in x]  # unreadable images come as markers
+        skipped += [e for x in batch if "image" not in x for e in x.get("skipped", ())]
+        if not inputs:
+            continue
         _sync()
         t0 = time.perf_counter()
         outputs = _model_call(model, inputs)
@@ -223,6 +237,14 @@ def _run_loop(
             last_log = now
             _log_progress(idx, total, (now - timed_start) / (idx + 1 - warmup))
     end = time.perf_counter()
+    if skipped:
+        logger.warning(
+            "%d images could not be read and were skipped (scored as images without "
+            "detections); first: %s: %s",
+            len(skipped),
+            skipped[0]["file_name"],
+            skipped[0]["error"],
+        )
     if timed_images == 0:  # fewer batches than the warm-up: time everything instead
         timed_start, timed_images, compute_timed = start, num_images, compute_all
     per_image = (end - timed_start) / timed_images if timed_images else 0.0
@@ -238,6 +260,7 @@ def _run_loop(
     )
     return {
         "num_images": float(num_images),
+        "skipped_images": float(len(skipped)),
         "total_s": end - start,
         "s_per_image": per_image,
         "compute_s_per_image": compute_per_image,
