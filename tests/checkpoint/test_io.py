@@ -7,6 +7,7 @@ import pickle
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,9 +62,12 @@ def test_crash_mid_write_keeps_the_old_file(
     save_checkpoint(path, old, metadata={"version": "old"})
     before = path.read_bytes()
 
-    def crashing_save(obj: object, f: str) -> None:
-        with open(f, "wb") as fh:  # half a file, then the process "dies"
-            fh.write(before[: len(before) // 2])
+    def crashing_save(obj: object, f: Any) -> None:
+        half = before[: len(before) // 2]  # half a file, then the process "dies"
+        if isinstance(f, str | os.PathLike):
+            Path(f).write_bytes(half)
+        else:
+            f.write(half)
         raise KeyboardInterrupt("simulated crash")
 
     monkeypatch.setattr(ckio.torch, "save", crashing_save)
