@@ -533,3 +533,28 @@ def test_predict_and_eval_skip_unreadable_images_and_go_on(
     assert main(["eval", "--weights", weights, *coco]) == 2
     browse = ["browse", *coco, "--output", str(tmp_path / "browse")]
     assert main(browse) == 2
+
+
+def test_two_seeded_python_api_runs_give_identical_weights(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    from detforge.data.augmentation import RandomFlip, ResizeShortestEdge
+    from detforge.data.datasets.coco import load_coco_json
+    from detforge.data.mapper import DatasetMapper
+    from detforge.engine.recipe import TrainSettings, seed_everything, train_detector
+    from detforge.modeling.zoo import retinanet_r18_fpn_tiny
+
+    records = load_coco_json(data["train_json"], data["train_images"])
+    augment = [ResizeShortestEdge((64, 80), max_size=100, sample_style="choice"), RandomFlip()]
+    mapper = DatasetMapper(augment, is_train=True, image_format="RGB")
+    weights = []
+    for name in ("a", "b"):
+        settings = TrainSettings(
+            output_dir=str(tmp_path / name), max_iter=2, batch_size=2, num_workers=0,
+            warmup_iters=1, seed=7,
+        )  # fmt: skip
+        seed_everything(settings.seed)  # before building: the initial weights are drawn here
+        model = retinanet_r18_fpn_tiny(4)
+        train_detector(model, records, mapper, settings)
+        weights.append(_weights(tmp_path / name / "model_final.pth"))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
