@@ -564,6 +564,19 @@ def test_paths_batched_categories(path: str) -> None:
         _check_nms(far, scores, t)
 
 
+@pytest.mark.parametrize("pairs", [1, 7, 64])
+def test_window_path_in_many_chunks(pairs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidate pairs evaluated a few at a time (chunks smaller than one box's candidates too)."""
+    monkeypatch.setattr(ref, "_SMALL", 1 << 30)
+    monkeypatch.setattr(ref, "_DENSE_SMALL", 0)
+    monkeypatch.setattr(ref, "_PAIRS", pairs)
+    boxes, scores = clustered(150, 40)
+    idxs = torch.randint(0, 4, (150,))
+    for t in (0.0, 0.5, 0.7):
+        _check_nms(boxes, scores, t)
+        _check_batched(boxes, scores, idxs, t)
+
+
 def test_dispatch_threshold_boundaries(taken: list[str]) -> None:
     """Sizes on both sides of each threshold take the path they should, with the right result."""
     assert 0 < ref._DENSE_SMALL < ref._SMALL

@@ -381,7 +381,9 @@ def _window_pairs(
     count = hi - ar - 1  # candidates of the box at k: positions k + 1 .. hi[k] - 1
     ends = np.concatenate([[0], count.cumsum()])  # pairs of boxes k0..k1-1: ends[k0]..ends[k1]
     shift = ends[:-1] - ar - 1  # pair number - shift = position of the candidate
-    cuts = np.searchsorted(ends, np.arange(_PAIRS, ends[-1], _PAIRS), side="right") - 1
+    cuts: list[int] = []  # chunks of boxes with about _PAIRS pairs
+    if ends[-1] > _PAIRS:
+        cuts = list(np.searchsorted(ends, np.arange(_PAIRS, ends[-1], _PAIRS), side="right") - 1)
     us, vs = [], []
     for k0, k1 in zip([0, *cuts], [*cuts, n], strict=True):
         m = count[k0:k1]
@@ -391,7 +393,7 @@ def _window_pairs(
         pairs = np.flatnonzero(_iou_np(pa[:4], pa[4], pb[:4], pb[4]) > b.dtype.type(t))
         us.append(xo[first[pairs]])
         vs.append(xo[second[pairs]])
-    u, v = np.concatenate(us), np.concatenate(vs)
+    u, v = (us[0], vs[0]) if len(us) == 1 else (np.concatenate(us), np.concatenate(vs))
     return np.minimum(u, v), np.maximum(u, v)
 
 
