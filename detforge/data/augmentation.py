@@ -33,6 +33,7 @@ from detforge.data.transforms_photometric import (
     LightingTransform,
     SaturationTransform,
 )
+from detforge.utils.checks import check_float, check_int
 
 __all__ = [
     "Augmentation",
@@ -58,19 +59,12 @@ def _check_rng(rng: object, fn: str) -> np.random.Generator:
     return rng
 
 
-def _check_prob(prob: float, fn: str) -> float:
-    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
-        raise ValueError(f"{fn}: `prob` must be a number in [0, 1], got {prob!r}")
-    return float(prob)
-
-
 def _check_range(low: float, high: float, fn: str, names: tuple[str, str]) -> tuple[float, float]:
-    for name, v in zip(names, (low, high), strict=True):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
-            raise ValueError(f"{fn}: `{name}` must be a finite number >= 0, got {v!r}")
+    low = check_float(low, names[0], fn, low=0)
+    high = check_float(high, names[1], fn, low=0)
     if low > high:
         raise ValueError(f"{fn}: `{names[0]}`={low} is larger than `{names[1]}`={high}")
-    return float(low), float(high)
+    return low, high
 
 
 class Augmentation(ABC):
@@ -141,8 +135,8 @@ class ResizeShortestEdge(Augmentation):
             if isinstance(short_edge_length, int)
             else tuple(short_edge_length)
         )
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in lengths):
-            raise ValueError(f"{fn}: `short_edge_length` must hold ints >= 0, got {lengths}")
+        for v in lengths:
+            check_int(v, "short_edge_length", fn, low=0)
         if sample_style not in ("range", "choice"):
             raise ValueError(
                 f"{fn}: `sample_style` must be 'range' or 'choice', got {sample_style!r}"
@@ -151,8 +145,7 @@ class ResizeShortestEdge(Augmentation):
             raise ValueError(f"{fn}: with sample_style='range' give (min, max), got {lengths}")
         if len(lengths) == 0:
             raise ValueError(f"{fn}: `short_edge_length` is empty")
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
-            raise ValueError(f"{fn}: `max_size` must be a positive int, got {max_size!r}")
+        check_int(max_size, "max_size", fn, low=1)
         self.short_edge_length, self.max_size = lengths, max_size
         self.sample_style, self.interp = sample_style, interp
 
@@ -181,7 +174,7 @@ class RandomFlip(Augmentation):
     """
 
     def __init__(self, prob: float = 0.5, *, horizontal: bool = True, vertical: bool = False):
-        self.prob = _check_prob(prob, "RandomFlip")
+        self.prob = check_float(prob, "prob", "RandomFlip", low=0, high=1)
         if horizontal == vertical:
             raise ValueError("RandomFlip: set exactly one of `horizontal` and `vertical`")
         self.horizontal = horizontal
@@ -260,7 +253,7 @@ class RandomApply(Augmentation):
     def __init__(self, aug: Augmentation, prob: float = 0.5) -> None:
         if not isinstance(aug, Augmentation):
             raise TypeError(f"RandomApply: `aug` must be an Augmentation, got {type(aug).__name__}")
-        self.aug, self.prob = aug, _check_prob(prob, "RandomApply")
+        self.aug, self.prob = aug, check_float(prob, "prob", "RandomApply", low=0, high=1)
 
     def get_transform(self, image: np.ndarray, rng: np.random.Generator) -> Transform:
         """``aug``'s transform or an empty ``TransformList``."""

@@ -29,6 +29,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from detforge.utils.checks import check_int
+
 __all__ = [
     "Transform",
     "TransformList",
@@ -59,10 +61,9 @@ def check_image(image: object, fn: str) -> tuple[int, int]:
 
 
 def check_ints(fn: str, minimum: int, **values: int) -> None:
-    """Raise ``ValueError`` unless every named value is an int ``>= minimum``."""
+    """:func:`~detforge.utils.checks.check_int` for every named value, each ``>= minimum``."""
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-            raise ValueError(f"{fn}: `{name}` must be an int >= {minimum}, got {v!r}")
+        check_int(v, name, fn, low=minimum)
 
 
 def check_hw(

@@ -19,7 +19,6 @@ keep their dtype and range (no clipping). Images must be RGB where the colour ma
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +32,7 @@ from detforge.data.transforms import (
     check_points,
     check_segmentation,
 )
+from detforge.utils.checks import check_float
 
 __all__ = [
     "IMAGENET_EIGENVALUES",
@@ -54,12 +54,6 @@ IMAGENET_EIGENVECTORS = np.array(
     ]
 )
 _LUMA = np.array([0.299, 0.587, 0.114])
-
-
-def _check_factor(fn: str, name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{fn}: `{name}` must be a finite number, got {value!r}")
-    return float(value)
 
 
 def _check_rgb(image: np.ndarray, fn: str) -> None:
@@ -107,7 +101,7 @@ class BrightnessTransform(_Photometric):
     """
 
     def __init__(self, factor: float) -> None:
-        self.factor = _check_factor("BrightnessTransform", "factor", factor)
+        self.factor = check_float(factor, "factor", "BrightnessTransform")
 
     def __repr__(self) -> str:
         return f"BrightnessTransform(factor={self.factor})"
@@ -128,8 +122,8 @@ class ContrastTransform(_Photometric):
     """
 
     def __init__(self, factor: float, mean: float) -> None:
-        self.factor = _check_factor("ContrastTransform", "factor", factor)
-        self.mean = _check_factor("ContrastTransform", "mean", mean)
+        self.factor = check_float(factor, "factor", "ContrastTransform")
+        self.mean = check_float(mean, "mean", "ContrastTransform")
 
     def __repr__(self) -> str:
         return f"ContrastTransform(factor={self.factor}, mean={self.mean})"
@@ -149,7 +143,7 @@ class SaturationTransform(_Photometric):
     """
 
     def __init__(self, factor: float) -> None:
-        self.factor = _check_factor("SaturationTransform", "factor", factor)
+        self.factor = check_float(factor, "factor", "SaturationTransform")
 
     def __repr__(self) -> str:
         return f"SaturationTransform(factor={self.factor})"
@@ -178,7 +172,7 @@ class LightingTransform(_Photometric):
         if a.shape != (3,) or not np.isfinite(a).all():
             raise ValueError(f"LightingTransform: `alphas` must be 3 finite numbers, got {alphas}")
         self.alphas = a
-        self.value_scale = _check_factor("LightingTransform", "value_scale", value_scale)
+        self.value_scale = check_float(value_scale, "value_scale", "LightingTransform")
 
     def __repr__(self) -> str:
         return f"LightingTransform(alphas={self.alphas.tolist()}, value_scale={self.value_scale})"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from detforge.layers.norms import FrozenBatchNorm2d
+from detforge.utils.checks import check_int
 
 __all__ = ["Conv2dNormAct", "ShapeSpec"]
 
@@ -33,8 +34,7 @@ class ShapeSpec:
     def __post_init__(self) -> None:
         for field in ("channels", "stride"):
             value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ShapeSpec: `{field}` must be a positive int, got {value!r}")
+            check_int(value, field, "ShapeSpec", low=1)
 
 
 class Conv2dNormAct(nn.Conv2d):

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from detforge.utils.checks import check_float, check_int
+
 __all__ = ["AnchorGenerator", "cell_anchors", "grid_anchors"]
 
 _FN = "AnchorGenerator"
@@ -123,13 +125,8 @@ class AnchorGenerator(nn.Module):
             raise TypeError(f"{_FN}: `strides` must be a sequence of ints, got {strides!r}")
         if len(strides) == 0:
             raise ValueError(f"{_FN}: `strides` must not be empty")
-        for s in strides:
-            if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s <= 0:
-                raise ValueError(f"{_FN}: `strides` must be positive ints, got {list(strides)}")
-        if not isinstance(offset, numbers.Real) or not 0.0 <= float(offset) < 1.0:
-            raise ValueError(f"{_FN}: `offset` must be in [0, 1), got {offset!r}")
-        self.strides: tuple[int, ...] = tuple(int(s) for s in strides)
-        self.offset: float = float(offset)
+        self.strides: tuple[int, ...] = tuple(check_int(s, "strides", _FN, low=1) for s in strides)
+        self.offset: float = check_float(offset, "offset", _FN, low=0, high=1, high_open=True)
         num_levels = len(self.strides)
         self.sizes: list[list[float]] = _broadcast(sizes, num_levels, "sizes")
         self.aspect_ratios: list[list[float]] = _broadcast(
@@ -224,9 +221,7 @@ def _check_positive_list(values: Sequence[float], name: str, fn: str) -> list[fl
     for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"{fn}: `{name}` must hold numbers, got {list(values)!r}")
-        if not (math.isfinite(float(v)) and float(v) > 0):
-            raise ValueError(f"{fn}: `{name}` must be positive and finite, got {list(values)}")
-        out.append(float(v))
+        out.append(check_float(v, name, fn, low=0, low_open=True))
     return out
 
 

@@ -10,12 +10,10 @@ labels, this draws exactly the samples detectron2 draws.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor
 
-from detforge.utils.checks import check_tensor
+from detforge.utils.checks import check_float, check_int, check_tensor
 
 __all__ = ["subsample_labels"]
 
@@ -51,12 +49,8 @@ def subsample_labels(
         raise ValueError(f"{fn}: `labels` must have shape [N], got {list(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"{fn}: `labels` must be an integer tensor, got {labels.dtype}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
-        raise TypeError(f"{fn}: `num_samples` must be an int, got {num_samples!r}")
-    if num_samples < 0:
-        raise ValueError(f"{fn}: `num_samples` must be non-negative, got {num_samples}")
-    if not isinstance(positive_fraction, numbers.Real) or not 0.0 <= positive_fraction <= 1.0:
-        raise ValueError(f"{fn}: `positive_fraction` must be in [0, 1], got {positive_fraction!r}")
+    check_int(num_samples, "num_samples", fn, low=0)
+    check_float(positive_fraction, "positive_fraction", fn, low=0, high=1)
     if bg_label == -1:
         raise ValueError(f"{fn}: `bg_label` must differ from the ignore label -1")
     if generator is not None and generator.device.type != labels.device.type:

@@ -20,6 +20,7 @@ from torch import Tensor
 from detforge.utils.checks import (
     check_boxes,
     check_floating,
+    check_int,
     check_same_device,
     check_shape,
     check_tensor,
@@ -56,9 +57,7 @@ def keypoints_to_heatmap(
     check_same_device(fn, keypoints=keypoints, rois=rois)
     if rois.shape[0] != keypoints.shape[0]:
         raise ValueError(f"{fn}: got {rois.shape[0]} rois for {keypoints.shape[0]} instances")
-    if isinstance(heatmap_size, bool) or not isinstance(heatmap_size, int) or heatmap_size <= 0:
-        raise ValueError(f"{fn}: `heatmap_size` must be a positive int, got {heatmap_size!r}")
-    m = heatmap_size
+    m = check_int(heatmap_size, "heatmap_size", fn, low=1)
     x1, y1, x2, y2 = (c[:, None] for c in rois.to(keypoints.dtype).unbind(1))  # each [N, 1]
     x, y, vis = keypoints.unbind(-1)  # each [N, K]
     # Degenerate RoIs give an infinite scale and hence inf/NaN indices, which are invalid below.

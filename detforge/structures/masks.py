@@ -20,7 +20,7 @@ import pycocotools.mask as mask_utils
 import torch
 from torch import Tensor
 
-from detforge.utils.checks import check_boxes, check_shape, check_tensor
+from detforge.utils.checks import check_boxes, check_int, check_shape, check_tensor
 
 __all__ = [
     "BitMasks",
@@ -35,15 +35,9 @@ Polygon = npt.NDArray[np.float64]
 PolygonLike = npt.NDArray[Any] | Sequence[float]
 
 
-def _check_positive(fn: str, **values: int) -> None:
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{fn}: `{name}` must be a positive int, got {v!r}")
-
-
 def _check_crop_args(boxes: Tensor, mask_size: int, n: int, fn: str) -> None:
     check_boxes(boxes, "boxes", fn)
-    _check_positive(fn, mask_size=mask_size)
+    check_int(mask_size, "mask_size", fn, low=1)
     if boxes.shape[0] != n:
         raise ValueError(f"{fn}: got {boxes.shape[0]} boxes for {n} masks")
 
@@ -103,7 +97,8 @@ def polygons_to_bitmask(polygons: Sequence[PolygonLike], height: int, width: int
         Tensor[H, W] (bool): the instance mask, on the CPU.
     """
     fn = "polygons_to_bitmask"
-    _check_positive(fn, height=height, width=width)
+    check_int(height, "height", fn, low=1)
+    check_int(width, "width", fn, low=1)
     checked = [_as_polygon(p, f"polygon {i}", fn) for i, p in enumerate(polygons)]
     return torch.from_numpy(_rasterize(checked, height, width))
 
@@ -154,7 +149,8 @@ def rle_decode(rles: Sequence[dict[str, Any]], image_size: tuple[int, int] | Non
     compressed = [_compressed_rle(r, i, fn) for i, r in enumerate(rles)]
     sizes = {(int(r["size"][0]), int(r["size"][1])) for r in compressed}
     if image_size is not None:
-        _check_positive(fn, height=image_size[0], width=image_size[1])
+        check_int(image_size[0], "height", fn, low=1)
+        check_int(image_size[1], "width", fn, low=1)
         sizes.add((image_size[0], image_size[1]))
     if len(sizes) != 1:
         raise ValueError(f"{fn}: RLEs and `image_size` must give one size, got {sorted(sizes)}")
@@ -369,7 +365,8 @@ class PolygonMasks:
 
     def to_bitmasks(self, height: int, width: int) -> BitMasks:
         """Rasterise every instance (see :func:`polygons_to_bitmask`) into ``BitMasks``."""
-        _check_positive("PolygonMasks.to_bitmasks", height=height, width=width)
+        check_int(height, "height", "PolygonMasks.to_bitmasks", low=1)
+        check_int(width, "width", "PolygonMasks.to_bitmasks", low=1)
         out = np.zeros((len(self), height, width), dtype=bool)
         for i, inst in enumerate(self.polygons):
             out[i] = _rasterize(inst, height, width)

@@ -1,8 +1,14 @@
-"""Input checks shared by structures and ops.
+"""Input checks shared by the public edges: ops, structures, model and data constructors.
 
 Every public op validates its arguments before touching the data and raises a ``ValueError`` or
 ``TypeError`` that names the argument, the function and what is wrong: a wrong shape must never
 turn into a crash deep inside a kernel or, worse, a silently wrong answer.
+
+Checks happen once, at the edge (a detector's ``forward``, a public op, a constructor); internal
+stages trust what the edge checked. Checks of tensor *values* (ranges, finiteness) of components
+that run inside a training step read the values only where that is free, on the CPU (see
+:func:`values_on_host`): on an accelerator, reading a value back to decide whether to raise would
+synchronise the host with the device on every step.
 """
 
 from __future__ import annotations
@@ -20,7 +26,25 @@ __all__ = [
     "check_same_device",
     "check_shape",
     "check_tensor",
+    "check_float",
+    "check_int",
+    "values_on_host",
 ]
+
+#: Device types whose tensor values the checks read (see :func:`values_on_host`). Tests set it
+#: to ``()`` to see a training step on the CPU as it runs on an accelerator.
+HOST_DEVICE_TYPES: tuple[str, ...] = ("cpu",)
+
+
+def values_on_host(*tensors: Tensor) -> bool:
+    """Whether value checks may read ``tensors``: True when all of them are on the CPU.
+
+    Reading a CPU tensor's values costs no host-device synchronisation; reading a CUDA tensor's
+    values to decide whether to raise would stall the host on every training step. Components
+    that run inside the step but may also be used standalone (``Matcher``, ``BoxCoder``, the
+    detector's target checks) check values only when this is True.
+    """
+    return all(t.device.type in HOST_DEVICE_TYPES for t in tensors)
 
 
 def check_tensor(x: object, name: str, fn: str) -> Tensor:
@@ -109,8 +133,11 @@ def check_number(
     high_open: bool = False,
 ) -> None:
     """Raise ``ValueError`` unless ``value`` is a finite number (an int when ``integer``) in the
-    range given by ``low``/``high`` (inclusive unless ``low_open``/``high_open``)."""
-    kind = "an int" if integer else "a number"
+    range given by ``low``/``high`` (inclusive unless ``low_open``/``high_open``).
+
+    The message names ``fn`` and ``name`` and says what is needed: ``"a positive int"``,
+    ``"a non-negative int"``, ``"an int >= 2"``, ``"a number > 0 and <= 1"``, ...
+    """
     ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(
         value, bool
     )
@@ -120,7 +147,43 @@ def check_number(
         ok = ok and (low is None or (v > low if low_open else v >= low))
         ok = ok and (high is None or (v < high if high_open else v <= high))
     if not ok:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-        rng = " and ".join(x for x in (lo, hi) if x)
-        raise ValueError(f"{fn}: `{name}` must be {kind}{' ' + rng if rng else ''}, got {value!r}")
+        need = _describe(integer, low, high, low_open, high_open)
+        raise ValueError(f"{fn}: `{name}` must be {need}, got {value!r}")
+
+
+def _describe(
+    integer: bool, low: float | None, high: float | None, low_open: bool, high_open: bool
+) -> str:
+    if integer and high is None and low is not None:
+        bound = low + 1 if low_open else low  # the smallest int allowed
+        if bound == 1:
+            return "a positive int"
+        if bound == 0:
+            return "a non-negative int"
+    lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+    hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+    rng = " and ".join(x for x in (lo, hi) if x)
+    return ("an int" if integer else "a finite number") + (" " + rng if rng else "")
+
+
+def check_int(
+    value: object, name: str, fn: str, *, low: int | None = None, high: int | None = None
+) -> int:
+    """:func:`check_number` for an int in ``[low, high]``; return it as an ``int``."""
+    check_number(value, name, fn, integer=True, low=low, high=high)
+    return int(value)  # type: ignore[call-overload]
+
+
+def check_float(
+    value: object,
+    name: str,
+    fn: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """:func:`check_number` for a finite real; return it as a ``float``."""
+    check_number(value, name, fn, low=low, high=high, low_open=low_open, high_open=high_open)
+    return float(value)  # type: ignore[arg-type]

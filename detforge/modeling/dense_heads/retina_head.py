@@ -28,21 +28,13 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from detforge.layers.norms import NormKind, get_norm
+from detforge.utils.checks import check_float, check_int
 
 __all__ = ["RetinaNetHead"]
 
 logger = logging.getLogger(__name__)
 
 _FN = "RetinaNetHead"
-
-
-def _positive_int(value: object, name: str, *, allow_zero: bool = False) -> int:
-    """Return ``value`` as an int; it must be a (non-negative or) positive integer."""
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        need = "a non-negative int" if allow_zero else "a positive int"
-        raise ValueError(f"{_FN}: `{name}` must be {need}, got {value!r}")
-    return int(value)
 
 
 def _subnet_dims(
@@ -52,10 +44,10 @@ def _subnet_dims(
     if conv_dims is None:
         return [in_channels] * num_convs
     if isinstance(conv_dims, numbers.Integral) and not isinstance(conv_dims, bool):
-        return [_positive_int(conv_dims, "conv_dims")] * num_convs
+        return [check_int(conv_dims, "conv_dims", _FN, low=1)] * num_convs
     if isinstance(conv_dims, (str, bytes)) or not isinstance(conv_dims, Sequence):
         raise TypeError(f"{_FN}: `conv_dims` must be an int or a list of ints, got {conv_dims!r}")
-    dims = [_positive_int(d, "conv_dims") for d in conv_dims]
+    dims = [check_int(d, "conv_dims", _FN, low=1) for d in conv_dims]
     if len(dims) != num_convs:
         raise ValueError(
             f"{_FN}: `conv_dims` has {len(dims)} entries but `num_convs` is {num_convs}"
@@ -100,13 +92,14 @@ class RetinaNetHead(nn.Module):
         prior_prob: float = 0.01,
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.num_anchors = _positive_int(num_anchors, "num_anchors")
-        self.num_classes = _positive_int(num_classes, "num_classes")
-        num_convs = _positive_int(num_convs, "num_convs", allow_zero=True)
+        self.in_channels = check_int(in_channels, "in_channels", _FN, low=1)
+        self.num_anchors = check_int(num_anchors, "num_anchors", _FN, low=1)
+        self.num_classes = check_int(num_classes, "num_classes", _FN, low=1)
+        num_convs = check_int(num_convs, "num_convs", _FN, low=0)
         dims = _subnet_dims(self.in_channels, num_convs, conv_dims)
-        if not isinstance(prior_prob, numbers.Real) or not 0.0 < float(prior_prob) < 1.0:
-            raise ValueError(f"{_FN}: `prior_prob` must be in (0, 1), got {prior_prob!r}")
+        prior_prob = check_float(
+            prior_prob, "prior_prob", _FN, low=0, high=1, low_open=True, high_open=True
+        )
         if norm in ("BN", "SyncBN"):
             logger.warning("RetinaNetHead: batch norm shared across levels works poorly")
 

@@ -45,24 +45,12 @@ from detforge.modeling.matcher import Matcher
 from detforge.ops.focal_loss import sigmoid_focal_loss_from_labels
 from detforge.structures.boxes import nonempty_boxes
 from detforge.structures.instances import Instances
-from detforge.utils.checks import check_number
+from detforge.utils.checks import check_float, check_int
 from detforge.utils.comm import reduce_mean
 
 __all__ = ["RetinaNetOutputs"]
 
 _FN = "RetinaNet"  # the settings are the detector's constructor arguments
-
-
-def _number(
-    value: object, name: str, *, low: float | None = None, high: float | None = None
-) -> float:
-    check_number(value, name, _FN, low=low, high=high)
-    return float(value)  # type: ignore[arg-type]
-
-
-def _count(value: object, name: str) -> int:
-    check_number(value, name, _FN, integer=True, low=1)
-    return int(value)  # type: ignore[call-overload]
 
 
 class RetinaNetOutputs:
@@ -110,21 +98,25 @@ class RetinaNetOutputs:
             raise ValueError(f"{_FN}: `box_reg_loss_type` must be 'smooth_l1' or 'giou'")
         self.box_coder = box_coder
         self.anchor_matcher = anchor_matcher
-        self.num_classes = _count(num_classes, "num_classes")
-        self.focal_loss_alpha = _number(focal_loss_alpha, "focal_loss_alpha", high=1)
-        self.focal_loss_gamma = _number(focal_loss_gamma, "focal_loss_gamma", low=0)
-        self.smooth_l1_beta = _number(smooth_l1_beta, "smooth_l1_beta", low=0)
+        self.num_classes = check_int(num_classes, "num_classes", _FN, low=1)
+        self.focal_loss_alpha = check_float(focal_loss_alpha, "focal_loss_alpha", _FN, high=1)
+        self.focal_loss_gamma = check_float(focal_loss_gamma, "focal_loss_gamma", _FN, low=0)
+        self.smooth_l1_beta = check_float(smooth_l1_beta, "smooth_l1_beta", _FN, low=0)
         self.box_reg_loss_type: Literal["smooth_l1", "giou"] = box_reg_loss_type
-        self.test_score_thresh = _number(test_score_thresh, "test_score_thresh", high=1)
-        self.test_topk_candidates = _count(test_topk_candidates, "test_topk_candidates")
-        self.test_nms_thresh = _number(test_nms_thresh, "test_nms_thresh", low=0, high=1)
-        self.max_detections_per_image = _count(max_detections_per_image, "max_detections_per_image")
-        self.loss_normalizer_momentum = _number(
-            loss_normalizer_momentum, "loss_normalizer_momentum", low=0, high=1
+        self.test_score_thresh = check_float(test_score_thresh, "test_score_thresh", _FN, high=1)
+        self.test_topk_candidates = check_int(
+            test_topk_candidates, "test_topk_candidates", _FN, low=1
+        )
+        self.test_nms_thresh = check_float(test_nms_thresh, "test_nms_thresh", _FN, low=0, high=1)
+        self.max_detections_per_image = check_int(
+            max_detections_per_image, "max_detections_per_image", _FN, low=1
+        )
+        self.loss_normalizer_momentum = check_float(
+            loss_normalizer_momentum, "loss_normalizer_momentum", _FN, low=0, high=1
         )
         #: EMA of the foreground-anchor count per process (mean over processes under DDP; see
         #: the module docstring); a plain attribute, not saved in the state dict.
-        self.loss_normalizer = _number(loss_normalizer_init, "loss_normalizer_init", low=1)
+        self.loss_normalizer = check_float(loss_normalizer_init, "loss_normalizer_init", _FN, low=1)
 
     def __repr__(self) -> str:
         return (

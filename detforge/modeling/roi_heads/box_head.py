@@ -15,14 +15,9 @@ from torch import Tensor, nn
 
 from detforge.layers.conv import Conv2dNormAct
 from detforge.layers.norms import NormKind, get_norm
-from detforge.utils.checks import as_tuple2, check_tensor
+from detforge.utils.checks import as_tuple2, check_int, check_tensor
 
 __all__ = ["FastRCNNConvFCHead"]
-
-
-def _check_count(fn: str, name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{fn}: `{name}` must be an int >= {minimum}, got {value!r}")
 
 
 class FastRCNNConvFCHead(nn.Module):
@@ -61,11 +56,14 @@ class FastRCNNConvFCHead(nn.Module):
     ) -> None:
         super().__init__()
         fn = "FastRCNNConvFCHead"
-        _check_count(fn, "in_channels", in_channels, 1)
-        _check_count(fn, "num_conv", num_conv, 0)
-        _check_count(fn, "num_fc", num_fc, 0)
-        _check_count(fn, "conv_dim", conv_dim, 1)
-        _check_count(fn, "fc_dim", fc_dim, 1)
+        for name, value, low in (
+            ("in_channels", in_channels, 1),
+            ("num_conv", num_conv, 0),
+            ("num_fc", num_fc, 0),
+            ("conv_dim", conv_dim, 1),
+            ("fc_dim", fc_dim, 1),
+        ):
+            check_int(value, name, fn, low=low)
         if num_conv + num_fc == 0:
             raise ValueError(f"{fn}: need at least one conv or fully connected layer")
         self.in_channels = in_channels

@@ -31,7 +31,7 @@ from detforge.ops.losses import giou_loss, smooth_l1_loss
 from detforge.ops.nms import batched_nms
 from detforge.structures.boxes import clip_boxes
 from detforge.structures.instances import Instances
-from detforge.utils.checks import check_boxes, check_tensor
+from detforge.utils.checks import check_boxes, check_int, check_tensor
 
 __all__ = ["FastRCNNOutputLayers", "fast_rcnn_inference", "fast_rcnn_inference_single_image"]
 
@@ -178,8 +178,7 @@ class FastRCNNOutputLayers(nn.Module):
         super().__init__()
         fn = "FastRCNNOutputLayers"
         for name, value in (("input_size", input_size), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{fn}: `{name}` must be a positive int, got {value!r}")
+            check_int(value, name, fn, low=1)
         if box_reg_loss_type not in ("smooth_l1", "giou"):
             raise ValueError(
                 f"{fn}: `box_reg_loss_type` must be 'smooth_l1' or 'giou', "

@@ -30,7 +30,7 @@ from detforge.layers.conv import Conv2dNormAct
 from detforge.layers.norms import NormKind, get_norm
 from detforge.structures.instances import Instances
 from detforge.structures.masks import BitMasks, PolygonMasks
-from detforge.utils.checks import check_tensor
+from detforge.utils.checks import check_int, check_tensor
 
 __all__ = ["MaskRCNNConvUpsampleHead", "mask_rcnn_inference", "mask_rcnn_loss", "mask_targets"]
 
@@ -76,8 +76,7 @@ class MaskRCNNConvUpsampleHead(nn.Module):
             ("num_conv", num_conv, 0),
             ("conv_dim", conv_dim, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{fn}: `{name}` must be an int >= {low}, got {value!r}")
+            check_int(value, name, fn, low=low)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.class_agnostic = bool(class_agnostic)

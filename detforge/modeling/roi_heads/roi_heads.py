@@ -28,6 +28,7 @@ from detforge.modeling.sampling import subsample_labels
 from detforge.ops.poolers import MultiLevelRoIPooler
 from detforge.structures.boxes import box_iou
 from detforge.structures.instances import Instances
+from detforge.utils.checks import check_float, check_int
 
 __all__ = ["GT_PROPOSAL_LOGIT", "StandardROIHeads", "add_ground_truth_to_proposals"]
 
@@ -124,23 +125,14 @@ class StandardROIHeads(nn.Module):
     ) -> None:
         super().__init__()
         fn = "StandardROIHeads"
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
-            raise ValueError(f"{fn}: `num_classes` must be a positive int, got {num_classes!r}")
+        check_int(num_classes, "num_classes", fn, low=1)
         if box_predictor.num_classes != num_classes:
             raise ValueError(
                 f"{fn}: `box_predictor` has {box_predictor.num_classes} classes, "
                 f"`num_classes` is {num_classes}"
             )
-        if isinstance(batch_size_per_image, bool) or not isinstance(batch_size_per_image, int):
-            raise TypeError(f"{fn}: `batch_size_per_image` must be an int")
-        if batch_size_per_image <= 0:
-            raise ValueError(
-                f"{fn}: `batch_size_per_image` must be > 0, got {batch_size_per_image}"
-            )
-        if not 0.0 <= positive_fraction <= 1.0:
-            raise ValueError(
-                f"{fn}: `positive_fraction` must be in [0, 1], got {positive_fraction}"
-            )
+        check_int(batch_size_per_image, "batch_size_per_image", fn, low=1)
+        check_float(positive_fraction, "positive_fraction", fn, low=0, high=1)
         self.box_in_features = _check_in_features(fn, "box", box_in_features, box_pooler)
         given = [x is not None for x in (mask_in_features, mask_pooler, mask_head)]
         if any(given) and not all(given):
