@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detforge.utils.checks import check_floating, check_shape, check_tensor
+from detforge.utils.checks import check_floating, check_shape, check_tensor, values_on_host
 
 __all__ = ["DEFAULT_SCALE_CLAMP", "BoxCoder"]
 
@@ -76,7 +76,9 @@ class BoxCoder:
 
         Args:
             proposals (Tensor[N, 4]): reference boxes (anchors or proposals), xyxy; every width
-                and height must be positive.
+                and height must be positive. That is checked on the CPU only: on an accelerator
+                reading the boxes back would synchronise every training step, and there a
+                zero-size proposal gives inf/NaN deltas instead of an error.
             targets (Tensor[N, 4]): target boxes, xyxy. A target with zero width or height gives
                 ``-inf`` in ``dw``/``dh`` (as in detectron2): select foreground pairs first.
 
@@ -103,7 +105,7 @@ class BoxCoder:
         widths = proposals[:, 2] - proposals[:, 0]
         heights = proposals[:, 3] - proposals[:, 1]
         bad = ~((widths > 0) & (heights > 0))
-        if bool(bad.any()):
+        if values_on_host(proposals) and bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(
                 f"{fn}: every proposal needs a positive width and height; proposal {i} is "

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detforge.utils.checks import check_tensor
+from detforge.utils.checks import check_tensor, values_on_host
 
 __all__ = ["Matcher"]
 
@@ -88,7 +88,9 @@ class Matcher:
 
         Args:
             match_quality (Tensor[G, N]): pairwise quality (e.g. IoU) between ``G`` ground
-                truths and ``N`` predictions; finite and non-negative.
+                truths and ``N`` predictions; finite and non-negative (checked when the matrix
+                is on the CPU; on an accelerator the check would synchronise every training
+                step, so it is skipped there).
 
         Returns:
             tuple[Tensor[N], Tensor[N]]: ``matches`` (int64), the ground-truth index in
@@ -109,7 +111,8 @@ class Matcher:
             return matches, labels
         if match_quality.dtype == torch.bool or match_quality.is_complex():
             raise TypeError(f"{fn}: `match_quality` must be real-valued, got {match_quality.dtype}")
-        _check_values(match_quality, fn)
+        if values_on_host(match_quality):  # reading values on a device would synchronise
+            _check_values(match_quality, fn)
 
         matched_vals, matches = match_quality.max(dim=0)  # [N], [N]
         match_labels = torch.ones(num_pred, dtype=torch.int8, device=device)

@@ -147,3 +147,12 @@ def test_bad_inputs():
         BoxCoder((1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="scale_clamp"):
         BoxCoder(scale_clamp=math.nan)
+
+
+def test_proposal_sizes_are_checked_on_the_cpu_only():
+    # Reading the proposals back on an accelerator would synchronise every training step: the
+    # check runs on the CPU only (the meta device stands in for an accelerator).
+    proposals = torch.tensor([[0.0, 0, 1, 1], [0, 0, 0, 5]])
+    with pytest.raises(ValueError, match="proposal 1"):
+        BoxCoder().encode(proposals, torch.ones(2, 4))
+    assert BoxCoder().encode(proposals.to("meta"), torch.ones(2, 4, device="meta")).shape == (2, 4)

@@ -10,6 +10,7 @@ from detforge.modeling.roi_heads.mask_head import (
     mask_rcnn_loss,
     mask_targets,
 )
+from detforge.modeling.zoo import build_model
 from detforge.structures.instances import Instances
 from detforge.structures.masks import BitMasks, PolygonMasks
 
@@ -132,9 +133,16 @@ def test_loss_bad_inputs():
     wrong = Instances(IMAGE, boxes=box, labels=torch.tensor([0]), masks=[[1.0]])  # type: ignore
     with pytest.raises(TypeError, match="must be PolygonMasks, BitMasks"):
         mask_rcnn_loss(torch.zeros(1, 1, 28, 28), [wrong])
+
+
+def test_out_of_range_labels_are_rejected_at_the_detector_edge():
+    # mask_rcnn_loss trusts its labels (reading them would synchronise every training step);
+    # the detector's forward rejects the same label 2 of a 2-class model first.
+    model = build_model("mask_rcnn_r18_fpn_tiny", num_classes=2).train()
     polys = PolygonMasks([_square(0, 0, 5, 5)])
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
-        mask_rcnn_loss(torch.zeros(1, 2, 28, 28), [_fg_proposals(polys, box, [2])])
+    target = _fg_proposals(polys, torch.tensor([[0.0, 0, 10, 10]]), [2])
+    with pytest.raises(ValueError, match=r"labels\[0\]` is 2, outside \[0, 2\)"):
+        model([torch.zeros(3, *IMAGE)], [target])
 
 
 def test_inference_picks_predicted_class_and_splits():

@@ -120,3 +120,13 @@ def test_bad_matrix_shape():
         rpn_matcher()(torch.zeros(4))
     with pytest.raises(TypeError, match="Tensor"):
         rpn_matcher()([[0.5]])
+
+
+def test_values_are_checked_on_the_cpu_only():
+    # On an accelerator reading the matrix back would synchronise every training step: the
+    # values are checked on the CPU only (the meta device stands in for an accelerator).
+    bad = torch.tensor([[0.1, math.nan], [0.2, 0.3]])
+    with pytest.raises(ValueError, match=r"entry \[0, 1\]"):
+        rpn_matcher()(bad)
+    matches, labels = rpn_matcher()(bad.to("meta"))
+    assert matches.shape == (2,) and labels.shape == (2,)

@@ -7,6 +7,7 @@ from detforge.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detforge.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 from detforge.modeling.roi_heads.roi_heads import GT_PROPOSAL_LOGIT, StandardROIHeads
 from detforge.modeling.sampling import subsample_labels
+from detforge.modeling.zoo import build_model
 from detforge.ops.poolers import MultiLevelRoIPooler
 from detforge.structures.boxes import box_iou
 from detforge.structures.instances import Instances
@@ -188,10 +189,6 @@ def test_bad_inputs_give_clear_errors():
         heads([SIZES[0], SIZES[0]], feats, proposals, targets)
     with pytest.raises(ValueError, match="1 proposal sets for 2 images"):
         heads(SIZES, feats, proposals[:1], targets)
-    bad = _targets()
-    bad[0].labels = torch.tensor([0, K])
-    with pytest.raises(ValueError, match=r"targets\[0\].labels must be in \[0, 3\)"):
-        heads(SIZES, feats, proposals, bad)
     no_masks = _targets()
     no_masks[0].masks = None
     with pytest.raises(ValueError, match=r"targets\[0\] has no `masks`"):
@@ -202,3 +199,14 @@ def test_bad_inputs_give_clear_errors():
         _heads(box_in_features=("p2", "p3"))
     with pytest.raises(ValueError, match="`box_predictor` has 3 classes"):
         _heads(num_classes=4)
+
+
+def test_out_of_range_target_labels_are_rejected_at_the_detector_edge():
+    # The RoI heads trust the labels (reading them would synchronise every training step);
+    # the detector's forward rejects a label K of a K-class model before any stage runs.
+    model = build_model("mask_rcnn_r18_fpn_tiny", num_classes=K).train()
+    bad = _targets()
+    bad[0].labels = torch.tensor([0, K])
+    images = [torch.zeros(3, *size) for size in SIZES]
+    with pytest.raises(ValueError, match=r"targets\[0\].labels\[1\]` is 3, outside \[0, 3\)"):
+        model(images, bad)

@@ -112,8 +112,10 @@ class RetinaNetHead(nn.Module):
         for module in (self.cls_subnet, self.bbox_subnet, self.cls_score, self.bbox_pred):
             for layer in module.modules():
                 if isinstance(layer, nn.Conv2d):
+                    assert layer.bias is not None  # every conv here has a bias
                     nn.init.normal_(layer.weight, mean=0.0, std=0.01)
                     nn.init.zeros_(layer.bias)
+        assert self.cls_score.bias is not None
         bias = -math.log((1 - float(prior_prob)) / float(prior_prob))
         nn.init.constant_(self.cls_score.bias, bias)
 

@@ -31,7 +31,7 @@ from detforge.ops.paste_masks import paste_masks_in_image
 from detforge.structures.boxes import clip_boxes, nonempty_boxes
 from detforge.structures.image_list import ImageList
 from detforge.structures.instances import Instances
-from detforge.utils.checks import check_floating, check_number, check_tensor
+from detforge.utils.checks import check_floating, check_number, check_tensor, values_on_host
 
 __all__ = [
     "BOX_TOLERANCE",
@@ -134,7 +134,7 @@ def check_targets(
         if labels is None or labels.dtype not in (torch.int64, torch.int32):
             got = None if labels is None else labels.dtype
             raise ValueError(f"{fn}: `targets[{i}].labels` must be int64 class indices, got {got}")
-        if t.boxes.device.type == "cpu" and labels.device.type == "cpu":
+        if values_on_host(t.boxes, labels):
             _check_target_values(t.boxes, labels, (h, w), num_classes, f"targets[{i}]", fn)
     return list(targets)
 

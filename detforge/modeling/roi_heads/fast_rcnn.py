@@ -283,11 +283,6 @@ class FastRCNNOutputLayers(nn.Module):
         for name, t in (("proposal_boxes", boxes), ("gt_labels", labels), ("gt_boxes", gt_boxes)):
             if t.shape[0] != r:
                 raise ValueError(f"{fn}: `{name}` has {t.shape[0]} rows for {r} predictions")
-        if labels.numel() and bool(((labels < 0) | (labels > self.num_classes)).any()):
-            raise ValueError(
-                f"{fn}: `gt_labels` must be in [0, {self.num_classes}] ({self.num_classes} is "
-                f"background), got values {sorted(set(labels.tolist()))}"
-            )
 
     def _check_predictions(self, fn: str, scores: Tensor, deltas: Tensor) -> int:
         """Check the shapes of ``forward``'s outputs; return the number of RoIs."""

@@ -190,11 +190,6 @@ def mask_rcnn_loss(pred_mask_logits: Tensor, proposals: Sequence[Instances]) -> 
         logits = pred_mask_logits[:, 0]  # [R, M, M]
     else:
         cls = torch.cat(labels).to(device=pred_mask_logits.device, dtype=torch.int64)
-        k = pred_mask_logits.shape[1]
-        if bool(((cls < 0) | (cls >= k)).any()):
-            raise ValueError(
-                f"{fn}: proposal labels must be in [0, {k}), got {cls.unique().tolist()}"
-            )
         rows = torch.arange(cls.shape[0], device=cls.device)
         logits = pred_mask_logits[rows, cls]  # [R, M, M]
     return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="mean")
