@@ -15,10 +15,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from detforge.ops.roi_align import roi_align
-from detforge.ops.roi_crop import roi_crop
-from detforge.ops.roi_pool import roi_pool
-from detforge.utils.checks import as_tuple2, check_boxes
+from detforge.ops._reference import roi_align as _align
+from detforge.ops._reference import roi_pool as _maxpool
+from detforge.ops.roi_crop import crop_pool
+from detforge.utils.checks import as_tuple2, check_boxes, values_on_host
 
 __all__ = ["MultiLevelRoIPooler", "PoolerType", "assign_boxes_to_levels", "boxes_to_rois"]
 
@@ -49,6 +49,14 @@ def assign_boxes_to_levels(
     check_boxes(boxes, "boxes", "assign_boxes_to_levels")
     if min_level > max_level:
         raise ValueError(f"assign_boxes_to_levels: min_level {min_level} > max_level {max_level}")
+    return _levels(boxes, min_level, max_level, canonical_box_size, canonical_level)
+
+
+def _levels(
+    boxes: Tensor, min_level: int, max_level: int, canonical_size: float, canonical_level: int
+) -> Tensor:
+    """:func:`assign_boxes_to_levels` without the checks."""
+    canonical_box_size = canonical_size
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     size = area.sqrt()
     # The 1e-8 keeps zero-size boxes finite (they go to the finest level), as in detectron2.
@@ -69,6 +77,11 @@ def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
         check_boxes(b, f"boxes[{i}]", "boxes_to_rois")
     if len(boxes) == 0:
         raise ValueError("boxes_to_rois: `boxes` is an empty list (one tensor per image needed)")
+    return _rois(boxes)
+
+
+def _rois(boxes: Sequence[Tensor]) -> Tensor:
+    """:func:`boxes_to_rois` without the checks."""
     cat = torch.cat(list(boxes), dim=0)
     index = torch.cat(
         [
@@ -133,17 +146,15 @@ class MultiLevelRoIPooler(nn.Module):
         self.canonical_level = canonical_level
 
     def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        # The ops' implementations, without their checks: forward checked the boxes once (their
+        # values only on the CPU, where that costs no device sync), not three times over.
         if self.pooler_type == "roi_pool":
-            return roi_pool(feature, rois, self.output_size, spatial_scale=scale)
+            return _maxpool.roi_pool(feature, rois, self.output_size, scale)
         if self.pooler_type == "roi_crop":
-            return roi_crop(feature, rois, self.output_size, spatial_scale=scale)
-        return roi_align(
-            feature,
-            rois,
-            self.output_size,
-            spatial_scale=scale,
-            sampling_ratio=self.sampling_ratio,
-            aligned=self.pooler_type == "roi_align_v2",
+            return crop_pool(feature, rois, self.output_size, scale)
+        aligned = self.pooler_type == "roi_align_v2"
+        return _align.roi_align(
+            feature, rois, self.output_size, scale, int(self.sampling_ratio), aligned
         )
 
     def forward(self, features: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
@@ -172,18 +183,29 @@ class MultiLevelRoIPooler(nn.Module):
             raise ValueError(
                 f"{name}: {len(boxes)} box tensors for a batch of {features[0].shape[0]} images"
             )
-        exact = boxes_to_rois(boxes)
+        for i, b in enumerate(boxes):  # structure here; values below, only where cheap
+            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4:
+                shape = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise ValueError(f"{name}: boxes[{i}] must be Tensor[R, 4], got {shape}")
+            if not b.is_floating_point() or b.device != features[0].device:
+                raise ValueError(
+                    f"{name}: boxes[{i}] must be floating and on {features[0].device}, got "
+                    f"{b.dtype} on {b.device}"
+                )
+            if values_on_host(b):  # box order too, where reading it costs no device sync
+                check_boxes(b, f"boxes[{i}]", name)
+        exact = _rois(boxes)
         rois = exact.to(features[0].dtype)
         if len(features) == 1:
             return self._pool(features[0], rois, self.scales[0])
         # Levels from the boxes' own precision: in half precision the area of a 300 px box
         # overflows (as detectron2, which casts only for RoIAlign).
-        level = assign_boxes_to_levels(
+        level = _levels(
             exact[:, 1:],
             self.min_level,
             self.max_level,
-            canonical_box_size=self.canonical_box_size,
-            canonical_level=self.canonical_level,
+            self.canonical_box_size,
+            self.canonical_level,
         )
         c = features[0].shape[1]
         out = features[0].new_zeros((rois.shape[0], c, *self.output_size))

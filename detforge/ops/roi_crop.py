@@ -38,7 +38,14 @@ def roi_crop(
     Returns:
         Tensor[R, C, PH, PW] in the dtype of ``input``; differentiable w.r.t. ``input``.
     """
-    x, r, (ph, pw), scale = check_roi_inputs("roi_crop", input, rois, output_size, spatial_scale)
+    x, r, size, scale = check_roi_inputs("roi_crop", input, rois, output_size, spatial_scale)
+    return crop_pool(x, r, size, scale)
+
+
+def crop_pool(x: Tensor, r: Tensor, size: tuple[int, int], scale: float) -> Tensor:
+    """:func:`roi_crop` on arguments it has already checked and normalised (no checks: for
+    callers such as the pooler that checked at their own edge)."""
+    ph, pw = size
     n, c, h, w = x.shape
     out = x.new_zeros((r.shape[0], c, 2 * ph, 2 * pw))
     if r.shape[0] == 0:

@@ -28,7 +28,9 @@ from test_smoke import _batch  # noqa: E402
 
 ROOT = Path(detforge.__file__).parent
 READS = ("__bool__", "item", "tolist", "__int__", "__float__")
-ALLOWED_FILES = ("ops/", "structures/masks.py")
+# Public ops called inside the step may read values for their algorithm (NMS offsets, RoIAlign
+# adaptive sampling), not to validate: the pooler calls the implementations without checks.
+ALLOWED_FILES = ("ops/nms.py", "ops/_reference/", "ops/roi_crop.py", "structures/masks.py")
 ALLOWED_FUNCTIONS = {
     ("modeling/dense_heads/rpn.py", "find_top_proposals"),
     ("modeling/dense_heads/retina_outputs.py", "losses"),
