@@ -73,7 +73,7 @@ def _draw_predictions(model: torch.nn.Module, records: list[dict], mapper, out: 
     return out
 
 
-def run(output: Path, *, max_iter: int = 900, resume: bool = False, num_workers: int = 1) -> dict:
+def run(output: Path, *, max_iter: int = 500, resume: bool = False, num_workers: int = 1) -> dict:
     """Run the quickstart; returns the final evaluation results."""
     start = time.perf_counter()
     paths = generate_synthetic_coco(output / "data", DATA_SPEC)
@@ -88,7 +88,7 @@ def run(output: Path, *, max_iter: int = 900, resume: bool = False, num_workers:
     settings = TrainSettings(
         output_dir=str(output / "train"), max_iter=max_iter, batch_size=4, base_lr=0.02,
         steps=(0.75, 0.92), warmup_iters=100, warmup_factor=0.01, grad_clip=10.0,
-        checkpoint_period=200, keep_last=2, eval_period=max(max_iter // 3, 1), log_period=50,
+        checkpoint_period=200, keep_last=2, eval_period=max(-(-max_iter // 3), 1), log_period=50,
         num_workers=num_workers, resume=resume,
     )  # fmt: skip
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("output/quickstart"))
-    parser.add_argument("--max-iter", type=int, default=900)
+    parser.add_argument("--max-iter", type=int, default=500)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue a killed run")
     args = parser.parse_args(argv)
