@@ -212,7 +212,6 @@ def retinanet(
 
 def _trunk(name: str) -> dict:
     return {
-        "r18": {"depth": 18},
         "r50": {"depth": 50},
         "r101": {"depth": 101},
         "x101_32x8d": {"depth": 101, "groups": 32, "width_per_group": 8, "stride_in_1x1": False},
